@@ -1,0 +1,67 @@
+"""`loyalty`: the one command-line entry point (serve, db, admin, demo, run).
+
+Exit status: 0 success; 1 an operation failed (database unreachable, an invariant violated);
+2 a bad argument, setting or key file: nothing was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from switch import cli_admin, cli_db
+from switch.cli_context import CommandError, Context
+from switch.config import ConfigError, load_settings
+from switch.db import DatabaseUnavailableError
+from switch.keys import KeyFileError
+from switch.migrate import MigrationError
+from switch.registry import RegistryError
+
+Handler = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loyalty",
+        description="The loyalty switch: terminals, ledger, settlement and tools.",
+    )
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML settings file (also LOYALTY_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run", help="the main job: database up, migrations, demo data, db check",
+        description="Start (or reuse) the database, apply migrations, load the demo data if "
+                    "it is not there yet, and prove the ledger's invariants.")
+    run.set_defaults(handler=cli_db.cmd_run)
+    cli_db.add_commands(commands)
+    cli_admin.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(config_file=args.config)
+    except ConfigError as exc:
+        print(f"loyalty: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(Context(settings), args))
+    except (CommandError, RegistryError, KeyFileError) as exc:
+        print(f"loyalty: {exc}", file=sys.stderr)
+        return 2
+    except (DatabaseUnavailableError, MigrationError) as exc:
+        print(f"loyalty: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""What every CLI command gets: settings, and a way to the database in one transaction."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from switch import db, migrate
+from switch.config import Settings
+from switch.keys import KeyStore, load, load_or_create
+
+
+class CommandError(Exception):
+    """A refused command (bad argument or state); exit status 2, nothing written."""
+
+
+@dataclass
+class Context:
+    settings: Settings
+    _url: str | None = field(default=None, repr=False)
+
+    async def url(self) -> str:
+        if self._url is None:
+            self._url = await db.resolve_url(self.settings)
+        return self._url
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        conn = await db.connect(await self.url(), self.settings)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A migrated database, one transaction: a command that fails writes nothing."""
+        async with self.connection() as conn:
+            await migrate.migrate(conn)
+            async with conn.transaction():
+                yield conn
+
+    def keys(self, create: bool = False) -> KeyStore:
+        path = self.settings.key_file
+        return load_or_create(path) if create else load(path)

@@ -1,0 +1,76 @@
+"""`loyalty db ...` and `loyalty run`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from switch import db, dbcheck, demo, migrate
+from switch.cli_context import Context
+
+
+def add_commands(commands: Any) -> None:
+    group = commands.add_parser("db", help="database: up, migrate, status, check, url, stop",
+                                description="Manage the database.")
+    sub = group.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    for name, handler, text in (
+        ("up", cmd_up, "start the embedded Postgres if needed and apply migrations"),
+        ("migrate", cmd_migrate, "apply pending migrations (serialised by an advisory lock)"),
+        ("status", cmd_status, "list migrations and whether each is applied"),
+        ("check", cmd_check, "prove the ledger invariants; exit 1 on any violation"),
+        ("url", cmd_url, "print the database URL in use"),
+        ("stop", cmd_stop, "stop the embedded Postgres (no effect with DATABASE_URL)"),
+    ):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        p.set_defaults(handler=handler)
+
+
+async def cmd_up(ctx: Context, args: argparse.Namespace) -> int:
+    return await cmd_migrate(ctx, args)
+
+
+async def cmd_migrate(ctx: Context, args: argparse.Namespace) -> int:
+    async with ctx.connection() as conn:
+        applied = await migrate.migrate(conn)
+    for name in applied:
+        print(f"applied {name}")
+    print(f"database ready ({len(applied)} migration(s) applied now)")
+    return 0
+
+
+async def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    async with ctx.connection() as conn:
+        for name, state in await migrate.status(conn):
+            print(f"{state:8} {name}")
+    return 0
+
+
+async def cmd_check(ctx: Context, args: argparse.Namespace) -> int:
+    async with ctx.connection() as conn:
+        outcomes = await dbcheck.run_checks(conn)
+    print(dbcheck.report(outcomes))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+async def cmd_url(ctx: Context, args: argparse.Namespace) -> int:
+    print(await ctx.url())
+    return 0
+
+
+async def cmd_stop(ctx: Context, args: argparse.Namespace) -> int:
+    if ctx.settings.database_url is not None:
+        print("DATABASE_URL is set: nothing to stop")
+        return 0
+    stopped = db.stop_embedded(ctx.settings.data_dir)
+    print("embedded Postgres stopped" if stopped else "embedded Postgres was not running")
+    return 0
+
+
+async def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    print(f"database: {await ctx.url()}")
+    await cmd_migrate(ctx, args)
+    keys = ctx.keys(create=True)
+    async with ctx.transaction() as conn:
+        summary = await demo.seed(conn, keys, ctx.settings.key_file)
+    print(summary)
+    return await cmd_check(ctx, args)

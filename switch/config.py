@@ -1,0 +1,146 @@
+"""Configuration: defaults, then an optional TOML file, then environment variables.
+
+Every limit and timeout of the switch is a named setting here, validated by pydantic.
+A bad value is reported by `load_settings` as a `ConfigError` naming the setting; the CLI
+turns that into exit status 2. Environment variables are `LOYALTY_<NAME>` (upper case), plus
+the conventional `DATABASE_URL`. The TOML file is named by `--config` or `LOYALTY_CONFIG`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "LOYALTY_"
+
+
+class ConfigError(Exception):
+    """A setting has a bad value, or the config file cannot be read."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Database. None means: start (or reuse) the embedded Postgres under `data_dir`.
+    database_url: str | None = None
+    data_dir: Path = Path(".loyalty")
+    db_pool_size_min: int = Field(default=2, ge=1, le=100)
+    db_pool_size_max: int = Field(default=16, ge=1, le=500)
+    db_connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    db_statement_timeout_s: float = Field(default=5.0, gt=0, le=600)
+
+    # Keys: BDKs and the PAN hashing key live in this file, never in the database.
+    key_file: Path = Path(".loyalty/keys.json")
+
+    # Network.
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=8583, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9583, ge=0, le=65535)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # Limits (each enforced and tested at its bound by the switch).
+    frame_bytes_max: int = Field(default=2048, ge=64, le=2048)
+    connections_max: int = Field(default=1024, ge=1, le=100_000)
+    connections_per_ip_max: int = Field(default=64, ge=1, le=100_000)
+    in_flight_per_connection_max: int = Field(default=32, ge=1, le=10_000)
+
+    # Timeouts.
+    idle_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    frame_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    write_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
+    clock_skew_max_s: int = Field(default=300, ge=1, le=86_400)
+    hold_timeout_s: int = Field(default=120, ge=1, le=86_400)
+    hold_sweep_interval_s: float = Field(default=5.0, gt=0, le=3_600)
+
+    # Shaparak fee defaults (rials; basis points), used when pricing bank-card purchases.
+    shaparak_fee_fixed_rial: int = Field(default=1_200, ge=0)
+    shaparak_fee_threshold_rial: int = Field(default=6_000_000, ge=0)
+    shaparak_fee_bp: int = Field(default=2, ge=0, le=10_000)
+    shaparak_fee_cap_rial: int = Field(default=40_000, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("db_pool_size_max")
+    @classmethod
+    def _pool_bounds(cls, value: int, info: Any) -> int:
+        low = info.data.get("db_pool_size_min", 1)
+        if value < low:
+            raise ValueError(f"must be at least db_pool_size_min ({low})")
+        return value
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name in Settings.model_fields:
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    if environ.get("DATABASE_URL"):
+        values["database_url"] = environ["DATABASE_URL"]
+    return values
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+    # Accept either top-level keys or a [switch] table, so one file can hold other sections.
+    table = data.get("switch", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [switch] must be a table")
+    return table
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Merge defaults < file < environment < explicit overrides, and validate."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = Path(environ[ENV_PREFIX + "CONFIG"])
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_file_values(config_file))
+    values.update(_env_values(environ))
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(part) for part in err["loc"]) or "settings"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {name!r}")
+        else:
+            env = ENV_PREFIX + name.upper() if name != "database_url" else "DATABASE_URL"
+            lines.append(f"setting {name} ({env}): {err['msg']}")
+    return "; ".join(lines)

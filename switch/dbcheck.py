@@ -1,0 +1,132 @@
+"""`loyalty db check`: prove the ledger's invariants on a live database.
+
+Each check is a query that returns the violating rows (none when the invariant holds) and
+the number of rows it examined, so the report says both what was proved and over how much.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    examined_sql: str
+    violations_sql: str
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "every transfer's entries sum to zero",
+        "SELECT count(*) FROM ledger_transfer",
+        """SELECT transfer_id, sum(amount) FROM ledger_entry
+           GROUP BY transfer_id HAVING sum(amount) <> 0""",
+    ),
+    Check(
+        "every entry's account has its transfer's unit",
+        "SELECT count(*) FROM ledger_entry",
+        """SELECT e.id, a.unit, t.unit FROM ledger_entry e
+           JOIN ledger_account a ON a.id = e.account_id
+           JOIN ledger_transfer t ON t.id = e.transfer_id WHERE a.unit <> t.unit""",
+    ),
+    Check(
+        "entries exist exactly where a transfer moves value",
+        "SELECT count(*) FROM ledger_transfer",
+        """SELECT t.id, t.kind, count(e.id) FROM ledger_transfer t
+           LEFT JOIN ledger_entry e ON e.transfer_id = t.id
+           GROUP BY t.id, t.kind
+           HAVING (t.kind IN ('void', 'expire') AND count(e.id) > 0)
+               OR (t.kind = 'single' AND count(e.id) < 2)
+               OR (t.kind = 'pending' AND (count(e.id) <> 2
+                   OR sum(e.amount) FILTER (WHERE e.amount > 0) <> t.amount))
+               OR (t.kind = 'post' AND (count(e.id) <> 2
+                   OR sum(e.amount) FILTER (WHERE e.amount > 0) <> t.amount))""",
+    ),
+    Check(
+        "every account's totals equal the sum of its entries",
+        "SELECT count(*) FROM ledger_account",
+        """WITH e AS (
+             SELECT e.account_id, e.amount,
+                    t.kind IN ('single', 'post') AS posted, t.status = 'pending' AS pending
+             FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id),
+           sums AS (
+             SELECT account_id,
+               coalesce(sum(amount) FILTER (WHERE amount > 0 AND posted), 0) AS dpo,
+               coalesce(-sum(amount) FILTER (WHERE amount < 0 AND posted), 0) AS cpo,
+               coalesce(sum(amount) FILTER (WHERE amount > 0 AND pending), 0) AS dpe,
+               coalesce(-sum(amount) FILTER (WHERE amount < 0 AND pending), 0) AS cpe
+             FROM e GROUP BY account_id)
+           SELECT a.id, a.key FROM ledger_account a LEFT JOIN sums s ON s.account_id = a.id
+           WHERE a.debits_posted <> coalesce(s.dpo, 0)
+              OR a.credits_posted <> coalesce(s.cpo, 0)
+              OR a.debits_pending <> coalesce(s.dpe, 0)
+              OR a.credits_pending <> coalesce(s.cpe, 0)""",
+    ),
+    Check(
+        "no hold is resolved twice, and each hold's status matches its resolution",
+        "SELECT count(*) FROM ledger_transfer WHERE kind = 'pending'",
+        """SELECT p.id, p.status, array_agg(r.kind) FROM ledger_transfer p
+           LEFT JOIN ledger_transfer r ON r.pending_id = p.id
+           WHERE p.kind = 'pending' GROUP BY p.id, p.status
+           HAVING count(r.id) > 1
+               OR (p.status = 'pending' AND count(r.id) <> 0)
+               OR (p.status = 'posted' AND array_agg(r.kind) <> ARRAY['post'])
+               OR (p.status = 'voided' AND array_agg(r.kind) <> ARRAY['void'])
+               OR (p.status = 'expired' AND array_agg(r.kind) <> ARRAY['expire'])""",
+    ),
+    Check(
+        "no post exceeds its hold",
+        "SELECT count(*) FROM ledger_transfer WHERE kind = 'post'",
+        """SELECT r.id FROM ledger_transfer r JOIN ledger_transfer p ON p.id = r.pending_id
+           WHERE r.kind = 'post' AND r.amount > p.amount""",
+    ),
+    Check(
+        "no card balance is negative (pending debits included)",
+        "SELECT count(*) FROM ledger_account WHERE debits_must_not_exceed_credits",
+        """SELECT id, key FROM ledger_account WHERE debits_must_not_exceed_credits
+           AND debits_posted + debits_pending > credits_posted""",
+    ),
+    Check(
+        "the ledger as a whole balances, per unit",
+        "SELECT count(DISTINCT unit) FROM ledger_account",
+        """SELECT unit FROM ledger_account GROUP BY unit
+           HAVING sum(debits_posted) <> sum(credits_posted)
+               OR sum(debits_pending) <> sum(credits_pending)""",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    check: Check
+    examined: int
+    violations: list[asyncpg.Record]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def run_checks(conn: asyncpg.Connection, sample_max: int = 5) -> list[Outcome]:
+    """Run every check in one repeatable-read snapshot, so they all see the same state."""
+    outcomes = []
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        for check in CHECKS:
+            examined = await conn.fetchval(check.examined_sql)
+            rows = await conn.fetch(f"{check.violations_sql} LIMIT {int(sample_max)}")
+            outcomes.append(Outcome(check, int(examined), list(rows)))
+    return outcomes
+
+
+def report(outcomes: list[Outcome]) -> str:
+    lines = []
+    for o in outcomes:
+        mark = "ok  " if o.ok else "FAIL"
+        lines.append(f"{mark} {o.check.name} ({o.examined} examined)")
+        lines.extend(f"       violation: {tuple(row)}" for row in o.violations)
+    failed = sum(not o.ok for o in outcomes)
+    lines.append(f"db check: {len(outcomes) - failed} invariants hold, {failed} violated")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Demo data: one store network with a café, a hypermarket and a barber, their terminals,
+and a hundred members with cards and balances.
+
+Everything is deterministic, so the simulator can recompute the demo cards' PANs from
+their index (`demo_club_pan`) instead of anyone storing them. Seeding twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import date
+from pathlib import Path
+
+import asyncpg
+
+from switch import cards, keys, ledger, registry
+from switch.keys import KeyStore
+from switch.registry import FeePlan, MemberProfile
+
+NETWORK_CODE = "demo"
+CLUB_BIN = "990100"
+BANK_BIN = "603799"  # a Shetab BIN (Melli), for linked bank cards
+MEMBERS = 100
+CARD_EXPIRY = "3012"
+
+MERCHANTS: tuple[tuple[str, str, str, str, FeePlan, bool], ...] = (
+    # code, name, trade, 22-digit account, fee plan, Shaparak-fee exempt
+    ("cafe-lale", "Café Laleh", "cafe", "0120000000001234567001",
+     FeePlan(bp=150, min_rial=1_000, max_rial=50_000), False),
+    ("hyper-setareh", "Setareh Hypermarket", "hypermarket", "0170000000007654321002",
+     FeePlan(bp=80, fixed_rial=500, max_rial=200_000), True),
+    ("barber-sadaf", "Sadaf Barbershop", "barber", "0550000000001112223003",
+     FeePlan(bp=200, min_rial=2_000), False),
+)
+TERMINALS = {"cafe-lale": "CAFE", "hyper-setareh": "HYPR", "barber-sadaf": "BARB"}
+TERMINALS_PER_MERCHANT = 2
+
+_FIRST = ("Sara", "Ali", "Maryam", "Reza", "Zahra", "Hossein", "Fatemeh", "Mohammad",
+          "Narges", "Amir", "Leila", "Mehdi", "Shirin", "Hamid", "Parisa", "Kaveh")
+_LAST = ("Ahmadi", "Hosseini", "Karimi", "Rezaei", "Moradi", "Jafari", "Rahimi", "Sadeghi",
+         "Ebrahimi", "Kazemi", "Hashemi", "Najafi")
+_CITIES = ("Tehran", "Isfahan", "Shiraz", "Tabriz", "Mashhad", "Karaj")
+_JOBS = ("teacher", "engineer", "student", "nurse", "shopkeeper", "designer", "retired")
+
+
+def demo_club_pan(index: int) -> str:
+    """The PAN of demo member `index`'s club card (0-based)."""
+    return cards.new_club_pan(CLUB_BIN, f"{index:09d}")
+
+
+def demo_bank_pan(index: int) -> str:
+    """The Shetab card linked to demo member `index` (every fifth member has one)."""
+    partial = BANK_BIN + f"{index + 500_000:09d}"
+    return partial + cards.luhn_check_digit(partial)
+
+
+async def seed(conn: asyncpg.Connection, store: KeyStore, key_file: Path) -> str:
+    if await conn.fetchval("SELECT 1 FROM store_network WHERE code = $1", NETWORK_CODE):
+        return "demo data already present"
+    bdk_id = keys.add_bdk(key_file)
+    store = keys.load(key_file)
+    await registry.register_bdk(conn, bdk_id, "demo")
+    network_id = await registry.add_network(conn, NETWORK_CODE, "Demo Shopping Centre", CLUB_BIN)
+    merchant_ids = {}
+    for code, name, trade, bban, fees, exempt in MERCHANTS:
+        merchant_ids[code] = await registry.add_merchant(
+            conn, code=code, name=name, trade=trade, sheba=cards.sheba_from_bban(bban),
+            network=NETWORK_CODE, fees=fees, shaparak_fee_exempt=exempt)
+        for n in range(1, TERMINALS_PER_MERCHANT + 1):
+            await registry.add_terminal(conn, tid=f"{TERMINALS[code]}{n:04d}", merchant=code,
+                                        bdk_id=bdk_id, hold_timeout_s=None)
+    rng = random.Random(8583)  # noqa: S311  (demo data is deterministic on purpose)
+    for index in range(MEMBERS):
+        await _seed_member(conn, store, rng, index, network_id, merchant_ids)
+    return (f"demo data: network {NETWORK_CODE!r}, {len(MERCHANTS)} merchants, "
+            f"{len(MERCHANTS) * TERMINALS_PER_MERCHANT} terminals, {MEMBERS} members with cards")
+
+
+async def _seed_member(conn: asyncpg.Connection, store: KeyStore, rng: random.Random,
+                       index: int, network_id: int, merchant_ids: dict[str, int]) -> None:
+    profile = MemberProfile(
+        first_name=rng.choice(_FIRST), last_name=rng.choice(_LAST),
+        mobile=f"0912{index:07d}",
+        birth_date=date(rng.randint(1960, 2005), rng.randint(1, 12), rng.randint(1, 28)),
+        gender=rng.choice(("female", "male", "unspecified")),
+        city=rng.choice(_CITIES), occupation=rng.choice(_JOBS),
+        tags=tuple(rng.sample(("coffee", "family", "vip", "student", "weekend"), 2)))
+    member_id = await registry.add_member(conn, NETWORK_CODE, profile)
+    card = await registry.issue_card(conn, store, member_id=member_id, expiry=CARD_EXPIRY,
+                                     pan=demo_club_pan(index))
+    await registry.credit_card_online(conn, card.card_id, rng.randrange(5, 51) * 100_000,
+                                      ref=f"demo-topup-{index}")
+    if index % 5 == 0:
+        await registry.link_bank_card(conn, store, member_id, demo_bank_pan(index))
+    if index % 3 == 0:  # café gift credit, spendable only at the café
+        await _grant_credit(conn, card.card_id, rng.randrange(1, 11) * 10_000,
+                            merchant_id=merchant_ids["cafe-lale"])
+    if index % 4 == 0:  # network credit, spendable at every store of the network
+        await _grant_credit(conn, card.card_id, rng.randrange(1, 6) * 50_000,
+                            network_id=network_id)
+    if index % 2 == 0:
+        issuer = await ledger.account_id(conn, ledger.points_issued(network_id))
+        points = await ledger.account_id(conn, ledger.card_points(card.card_id))
+        amount = rng.randrange(1, 50) * 10
+        result = await ledger.transfer(conn, ledger.Unit.PTS, "demo_points",
+                                       [(issuer, amount), (points, -amount)])
+        assert result.ok
+
+
+async def _grant_credit(conn: asyncpg.Connection, card_id: int, amount: int, *,
+                        merchant_id: int | None = None, network_id: int | None = None) -> None:
+    issued = await ledger.account_id(
+        conn, ledger.credit_issued(merchant_id=merchant_id, network_id=network_id))
+    credit = await ledger.account_id(
+        conn, ledger.card_credit(card_id, merchant_id=merchant_id, network_id=network_id))
+    result = await ledger.transfer(conn, ledger.Unit.IRR, "gift_credit",
+                                   [(issued, amount), (credit, -amount)])
+    assert result.ok

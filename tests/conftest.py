@@ -1,0 +1,104 @@
+"""Test fixtures: a real Postgres, one fresh database per test.
+
+The server is the one named by LOYALTY_TEST_DATABASE_URL (any database on it; the tests
+create and drop their own), else the embedded Postgres under .loyalty/. The schema is
+migrated once into a template database; each test gets a copy (CREATE DATABASE ... TEMPLATE),
+which takes milliseconds and isolates tests completely. After every test that used a
+database, `db check` runs on it: every test that moves money ends with the ledger proved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from switch import db, dbcheck, migrate
+
+ROOT = Path(__file__).resolve().parents[1]
+_counter = itertools.count()
+
+
+def _server_admin_url() -> str:
+    url = os.environ.get("LOYALTY_TEST_DATABASE_URL")
+    if url:
+        return url
+    return db.embedded_server_url(ROOT / ".loyalty", "postgres")
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> str:
+    return _server_admin_url()
+
+
+@pytest.fixture(scope="session")
+async def template_name(admin_url: str) -> AsyncIterator[str]:
+    name = f"loyalty_tmpl_{os.getpid()}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    tmpl = await asyncpg.connect(db.with_database(admin_url, name))
+    try:
+        await migrate.migrate(tmpl)
+    finally:
+        await tmpl.close()
+    yield name
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def create_database(admin_url: str, template: str) -> str:
+    name = f"loyalty_t{os.getpid()}_{next(_counter)}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def assert_ledger_ok(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        outcomes = await dbcheck.run_checks(conn)
+    finally:
+        await conn.close()
+    failed = [o for o in outcomes if not o.ok]
+    assert not failed, dbcheck.report(outcomes)
+
+
+@pytest.fixture
+async def db_url(admin_url: str, template_name: str) -> AsyncIterator[str]:
+    """A fresh, migrated database; `db check` must pass on it when the test ends."""
+    name = await create_database(admin_url, template_name)
+    url = db.with_database(admin_url, name)
+    yield url
+    try:
+        await assert_ledger_ok(url)
+    finally:
+        await drop_database(admin_url, name)
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(db_url)
+    yield connection
+    await connection.close()
