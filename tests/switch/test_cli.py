@@ -31,6 +31,12 @@ def cli(db_url, tmp_path, monkeypatch, capsys):
     return run
 
 
+def _find(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    assert match, f"{pattern!r} not in output"
+    return match[1]
+
+
 def _counts(db_url: str) -> dict[str, int]:
     async def count() -> dict[str, int]:
         conn = await asyncpg.connect(db_url)
@@ -44,7 +50,7 @@ def _counts(db_url: str) -> dict[str, int]:
 def _setup_merchant(cli) -> str:
     code, out, _ = cli("admin", "bdk", "generate", "--label", "test")
     assert code == 0
-    bdk_id = re.search(r"BDK ([0-9A-F]{8})", out)[1]
+    bdk_id = _find(r"BDK ([0-9A-F]{8})", out)
     assert cli("admin", "network", "add", "mall", "--name", "Mall", "--bin", "990200")[0] == 0
     assert cli("admin", "merchant", "add", "cafe", "--name", "Cafe", "--trade", "cafe",
                "--sheba", SHEBA, "--network", "mall", "--fee-bp", "150")[0] == 0
@@ -56,8 +62,8 @@ def test_registry_flow(cli, db_url):
     code, out, _ = cli("admin", "terminal", "add", "CAFE0001", "--merchant", "cafe",
                        "--bdk", bdk_id)
     assert code == 0
-    ik_id = re.search(r"initial key ID: ([0-9A-F]{16})", out)[1]
-    printed_key = re.search(r"initial key: +([0-9A-F]{32})", out)[1]
+    ik_id = _find(r"initial key ID: ([0-9A-F]{16})", out)
+    printed_key = _find(r"initial key: +([0-9A-F]{32})", out)
     bdk = bytes.fromhex(json.loads(cli.key_file.read_text())["bdks"][bdk_id])
     assert bytes.fromhex(printed_key) == derive_initial_key(bdk, bytes.fromhex(ik_id))
     assert ik_id.startswith(bdk_id)
@@ -65,11 +71,11 @@ def test_registry_flow(cli, db_url):
     code, out, _ = cli("admin", "member", "add", "--network", "mall", "--first-name", "Sara",
                        "--last-name", "Ahmadi", "--mobile", "09121234567", "--tag", "vip")
     assert code == 0
-    member_id = re.search(r"member (\d+)", out)[1]
+    member_id = _find(r"member (\d+)", out)
     code, out, _ = cli("admin", "card", "issue", "--member", member_id, "--expiry", "3012")
     assert code == 0
-    pan = re.search(r"PAN: (\d{16})", out)[1]
-    card_id = re.search(r"card (\d+) issued", out)[1]
+    pan = _find(r"PAN: (\d{16})", out)
+    card_id = _find(r"card (\d+) issued", out)
     assert pan.startswith("990200")
     assert cards.luhn_is_valid(pan)
 
@@ -84,7 +90,7 @@ def test_registry_flow(cli, db_url):
     assert cli("admin", "card", "unblock", card_id)[0] == 0
     code, out, _ = cli("admin", "card", "renew", card_id, "--expiry", "3112")
     assert code == 0
-    assert re.search(r"PAN: (\d{16})", out)[1] != pan
+    assert _find(r"PAN: (\d{16})", out) != pan
     assert cli("admin", "bank-card", "link", "--member", member_id,
                "--pan", "6037701689095443")[0] == 0
 
