@@ -27,9 +27,7 @@ def _check_length(length: int, frame_bytes_max: int, position: int) -> None:
     if length == 0:
         raise FramingError("frame length is 0", position=position)
     if length > frame_bytes_max:
-        raise FramingError(
-            f"frame length {length} exceeds {frame_bytes_max}", position=position
-        )
+        raise FramingError(f"frame length {length} exceeds {frame_bytes_max}", position=position)
 
 
 def encode_frame(msg: bytes, frame_bytes_max: int = FRAME_BYTES_MAX) -> bytes:
