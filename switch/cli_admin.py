@@ -15,7 +15,8 @@ from protocol.cardblock import mask_pan
 from protocol.dukpt import derive_initial_key
 from switch import demo, keys, ledger, registry
 from switch.cli_context import CommandError, Context
-from switch.registry import FeePlan, MemberProfile
+from switch.pricing import FeePlan
+from switch.registry import MemberProfile
 
 
 def _date(text: str) -> date:

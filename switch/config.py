@@ -33,6 +33,8 @@ class Settings(BaseModel):
     db_pool_size_max: int = Field(default=16, ge=1, le=500)
     db_connect_timeout_s: float = Field(default=5.0, gt=0, le=120)
     db_statement_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    # Deadlocks and serialisation failures are retried this many times before answering 91.
+    db_retries_max: int = Field(default=3, ge=0, le=20)
 
     # Keys: BDKs and the PAN hashing key live in this file, never in the database.
     key_file: Path = Path(".loyalty/keys.json")
@@ -59,6 +61,7 @@ class Settings(BaseModel):
     clock_skew_max_s: int = Field(default=300, ge=1, le=86_400)
     hold_timeout_s: int = Field(default=120, ge=1, le=86_400)
     hold_sweep_interval_s: float = Field(default=5.0, gt=0, le=3_600)
+    hold_sweep_batch_max: int = Field(default=500, ge=1, le=100_000)
 
     # Shaparak fee defaults (rials; basis points), used when pricing bank-card purchases.
     shaparak_fee_fixed_rial: int = Field(default=1_200, ge=0)

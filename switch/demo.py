@@ -15,7 +15,8 @@ import asyncpg
 
 from switch import cards, keys, ledger, registry
 from switch.keys import KeyStore
-from switch.registry import FeePlan, MemberProfile
+from switch.pricing import FeePlan
+from switch.registry import MemberProfile
 
 NETWORK_CODE = "demo"
 CLUB_BIN = "990100"

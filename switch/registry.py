@@ -15,6 +15,7 @@ import asyncpg
 
 from switch import cards, ledger
 from switch.keys import KeyStore
+from switch.pricing import FeePlan
 
 _CODE = re.compile(r"^[a-z0-9][a-z0-9-]{1,31}$")
 _TID = re.compile(r"^[0-9A-Z]{8}$")
@@ -51,23 +52,6 @@ async def add_network(conn: asyncpg.Connection, code: str, name: str, club_bin: 
     return network_id
 
 
-@dataclass(frozen=True)
-class FeePlan:
-    """The network's fee on a merchant's purchase: bp of the amount plus a fixed part,
-    clamped to [min, max]. See switch.pricing for the rounding rule."""
-
-    bp: int = 0
-    fixed_rial: int = 0
-    min_rial: int = 0
-    max_rial: int | None = None
-
-    def validate(self) -> None:
-        _require(0 <= self.bp <= 10_000, f"fee bp {self.bp}: 0 to 10000")
-        _require(self.fixed_rial >= 0 and self.min_rial >= 0, "fee amounts must not be negative")
-        _require(self.max_rial is None or self.max_rial >= self.min_rial,
-                 "fee maximum must be at least the minimum")
-
-
 async def add_merchant(
     conn: asyncpg.Connection, *, code: str, name: str, trade: str, sheba: str,
     network: str | None, fees: FeePlan, shaparak_fee_exempt: bool = False,
@@ -76,7 +60,8 @@ async def add_merchant(
     _require(0 < len(name) <= 200, "merchant name: 1 to 200 characters")
     _require(0 < len(trade) <= 64, "trade: 1 to 64 characters")
     _require(cards.sheba_is_valid(sheba), f"Sheba {sheba!r} is not a valid IR IBAN (mod 97)")
-    fees.validate()
+    problem = fees.problem()
+    _require(problem is None, str(problem))
     network_id = None if network is None else await _id_of(conn, "store_network", "code", network)
     _require(await conn.fetchval("SELECT 1 FROM merchant WHERE code = $1", code) is None,
              f"merchant code {code!r} already used")
