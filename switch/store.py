@@ -170,12 +170,13 @@ async def insert_txn(conn: asyncpg.Connection, t: NewTxn, now: datetime) -> int:
         """INSERT INTO txn (terminal_id, stan, transmission_f7, transmitted_at, processing_code,
                             kind, amount_rial, rrn, approval_code, state, card_id, pan_hash,
                             merchant_id, hold_expires_at, quote, original_txn_id, created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, right($8, 6), 'PENDING', $9, $10, $11,
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $16, 'PENDING', $9, $10, $11,
                    $12, $13, $14, $15)
            RETURNING id""",
         t.identity.terminal_id, t.identity.stan, t.transmission_f7, t.identity.transmitted_at,
         t.processing_code, t.kind, t.amount_rial, t.rrn, t.card_id, t.pan_hash, t.merchant_id,
-        t.hold_expires_at, json.dumps(t.quote.to_json()), t.original_txn_id, now)
+        t.hold_expires_at, json.dumps(t.quote.to_json()), t.original_txn_id, now,
+        t.rrn[-6:])  # the approval code: unique enough for a receipt, derived from the RRN
     return txn_id
 
 
