@@ -9,6 +9,7 @@ sweeper waits for the row lock and then sees VOIDED (68).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -56,7 +57,5 @@ async def run_sweeper(pool: asyncpg.Pool, clock: Callable[[], datetime], interva
                 log.info("expired %d hold(s)", swept)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("hold sweep failed: %s", type(exc).__name__)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
-        except TimeoutError:
-            pass
