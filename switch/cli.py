@@ -7,11 +7,12 @@ Exit status: 0 success; 1 an operation failed (database unreachable, an invarian
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from switch import cli_admin, cli_db
 from switch.cli_context import CommandError, Context
@@ -33,10 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TOML settings file (also LOYALTY_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
-        "run", help="the main job: database up, migrations, demo data, db check",
+        "run", help="the main job: database, demo data, the switch, demo traffic",
         description="Start (or reuse) the database, apply migrations, load the demo data if "
-                    "it is not there yet, and prove the ledger's invariants.")
+                    "it is not there yet, prove the ledger's invariants, start the switch, "
+                    "drive a short burst of demo traffic through it, and keep serving.")
+    run.add_argument("--once", action="store_true",
+                     help="stop after the burst (and a final db check) instead of serving")
     run.set_defaults(handler=cli_db.cmd_run)
+    serve = commands.add_parser(
+        "serve", help="run the switch (terminal port and metrics) until SIGTERM/SIGINT",
+        description="Run the switch: migrate, release expired holds, listen for terminals, "
+                    "serve Prometheus metrics; SIGTERM or SIGINT stops it gracefully.")
+    serve.set_defaults(handler=cli_db.cmd_serve)
     cli_db.add_commands(commands)
     cli_admin.add_commands(commands)
     return parser
@@ -52,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler: Handler = args.handler
     try:
-        return asyncio.run(handler(Context(settings), args))
+        return uvloop.run(handler(Context(settings), args))
     except (CommandError, RegistryError, KeyFileError) as exc:
         print(f"loyalty: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from simulator import burst
 from switch import db, dbcheck, demo, migrate
 from switch.cli_context import Context
+from switch.service import Switch
 
 
 def add_commands(commands: Any) -> None:
@@ -67,10 +69,36 @@ async def cmd_stop(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    """The main job: database, demo data, the switch, a burst of demo traffic, keep serving."""
     print(f"database: {await ctx.url()}")
     await cmd_migrate(ctx, args)
     keys = ctx.keys(create=True)
     async with ctx.transaction() as conn:
         summary = await demo.seed(conn, keys, ctx.settings.key_file)
     print(summary)
-    return await cmd_check(ctx, args)
+    if await cmd_check(ctx, args) != 0:
+        return 1
+    switch = Switch(ctx.settings, database_url=await ctx.url(), serve_metrics=True)
+    await switch.start()
+    settings = ctx.settings
+    print(f"switch listening on {settings.listen_host}:{switch.port}; metrics on "
+          f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    async with ctx.connection() as conn:
+        terminals = await burst.demo_terminals(conn, ctx.keys())
+    print(await burst.run_burst(settings.listen_host, switch.port, terminals), flush=True)
+    if args.once:
+        await switch.stop()
+        return await cmd_check(ctx, args)
+    print("serving; stop with Ctrl-C or SIGTERM", flush=True)
+    await switch.serve_until_signalled()
+    return 0
+
+
+async def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
+    switch = Switch(ctx.settings, database_url=await ctx.url(), serve_metrics=True)
+    await switch.start()
+    settings = ctx.settings
+    print(f"switch listening on {settings.listen_host}:{switch.port}; metrics on "
+          f"http://{settings.metrics_host}:{settings.metrics_port}/metrics", flush=True)
+    await switch.serve_until_signalled()
+    return 0
