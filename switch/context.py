@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from switch import ledger
 from switch.config import Settings
 from switch.pricing import ShaparakFeeRule
 from switch.store import Identity, TerminalRecord
@@ -25,6 +26,10 @@ class Ctx:
     identity: Identity
     now: datetime
     pan_hash: Callable[[str], bytes]
+    accounts: ledger.AccountIds
+
+    async def account(self, spec: ledger.AccountSpec) -> int:
+        return await ledger.account_id(self.conn, spec, self.accounts)
 
     @property
     def hold_timeout(self) -> timedelta:

@@ -151,9 +151,37 @@ class Result:
         return self.status is Status.OK
 
 
-async def account_id(conn: asyncpg.Connection, spec: AccountSpec) -> int:
+class AccountIds:
+    """Account ids by key, for one database. Only ids of committed accounts are kept (ids
+    found by a read, never one this transaction just inserted, which could roll back), and
+    accounts are never deleted, so an entry never goes stale."""
+
+    def __init__(self, size_max: int = 100_000) -> None:
+        self._ids: dict[str, int] = {}
+        self._size_max = size_max
+
+    def get(self, key: str) -> int | None:
+        return self._ids.get(key)
+
+    def put(self, key: str, account: int) -> None:
+        if len(self._ids) >= self._size_max:
+            self._ids.clear()  # rare; cheaper than LRU bookkeeping on every hit
+        self._ids[key] = account
+
+
+async def account_id(conn: asyncpg.Connection, spec: AccountSpec,
+                     cache: AccountIds | None = None) -> int:
     """The id of the account `spec` names, created on first use."""
+    cached = cache.get(spec.key) if cache is not None else None
+    if cached is not None:
+        return cached
     found: int | None = await conn.fetchval(
+        "SELECT id FROM ledger_account WHERE key = $1", spec.key)
+    if found is not None:
+        if cache is not None:
+            cache.put(spec.key, found)
+        return found
+    found = await conn.fetchval(
         """INSERT INTO ledger_account (key, kind, unit, card_id, merchant_id, network_id,
                                        sponsor, debits_must_not_exceed_credits)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -161,7 +189,7 @@ async def account_id(conn: asyncpg.Connection, spec: AccountSpec) -> int:
         spec.key, spec.kind.value, spec.unit.value, spec.card_id, spec.merchant_id,
         spec.network_id, spec.sponsor, spec.kind in _NO_OVERDRAFT,
     )
-    if found is None:
+    if found is None:  # created concurrently by another transaction, which has committed
         found = await conn.fetchval("SELECT id FROM ledger_account WHERE key = $1", spec.key)
     assert found is not None
     return found

@@ -84,8 +84,8 @@ async def _new_txn(ctx: Ctx, req: AuthRequest, kind: str, quote: Quote, *,
 
 async def _hold(ctx: Ctx, code: str, debit: ledger.AccountSpec, credit: ledger.AccountSpec,
                 amount: int, rrn: str) -> None:
-    debit_id = await ledger.account_id(ctx.conn, debit)
-    credit_id = await ledger.account_id(ctx.conn, credit)
+    debit_id = await ctx.account(debit)
+    credit_id = await ctx.account(credit)
     result = await ledger.hold(ctx.conn, debit.unit, code, debit=debit_id, credit=credit_id,
                                amount=amount, timeout_at=ctx.now + ctx.hold_timeout, ref=rrn)
     if result.status is ledger.Status.EXCEEDS_CREDITS:
@@ -94,7 +94,7 @@ async def _hold(ctx: Ctx, code: str, debit: ledger.AccountSpec, credit: ledger.A
 
 
 async def _balance(ctx: Ctx, spec: ledger.AccountSpec) -> ledger.Balance:
-    return await ledger.balance(ctx.conn, await ledger.account_id(ctx.conn, spec))
+    return await ledger.balance(ctx.conn, await ctx.account(spec))
 
 
 async def bank_purchase(ctx: Ctx, req: AuthRequest, card: CardData

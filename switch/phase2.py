@@ -66,7 +66,7 @@ async def _balances(ctx: Ctx, txn: store.TxnRecord) -> tuple[AmountBlock, ...]:
     if txn.kind == "credit_purchase" or (txn.kind == "refund" and
                                           txn.processing_code == "209200"):
         return balance_blocks(AccountType.STORE_CREDIT, await credit_balance(ctx, txn.card_id))
-    rial = await ledger.account_id(ctx.conn, ledger.card_rial(txn.card_id))
+    rial = await ctx.account(ledger.card_rial(txn.card_id))
     return balance_blocks(AccountType.CLUB_RIAL, await ledger.balance(ctx.conn, rial))
 
 
@@ -78,9 +78,9 @@ async def _post(ctx: Ctx, txn: store.TxnRecord) -> None:
     fee = txn.quote.network_fee
     if fee == 0 or txn.kind == "topup":
         return
-    payable = await ledger.account_id(ctx.conn, ledger.merchant_payable(txn.merchant_id))
+    payable = await ctx.account(ledger.merchant_payable(txn.merchant_id))
     network_id = await _network_of(ctx, txn.merchant_id)
-    income = await ledger.account_id(ctx.conn, ledger.fee_income(network_id))
+    income = await ctx.account(ledger.fee_income(network_id))
     sign = -1 if txn.kind == "refund" else 1  # a refund gives the fee share back
     result = await ledger.transfer(ctx.conn, ledger.Unit.IRR, f"{txn.kind}_fee",
                                    [(payable, sign * fee), (income, -sign * fee)], txn.rrn)

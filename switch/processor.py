@@ -36,7 +36,7 @@ from protocol.dukpt import HostKeys, Ksn, WorkingKeys
 from protocol.errors import DecodeError, SecurityError
 from protocol.fields import Mti, ResponseCode
 from protocol.mac import compute_mac, verify_mac
-from switch import metrics, phase1, phase2, store
+from switch import ledger, metrics, phase1, phase2, store
 from switch.config import Settings
 from switch.context import Ctx
 from switch.declines import Declined
@@ -132,6 +132,7 @@ class Processor:
         self._pan_hash = pan_hash
         self._clock = clock
         self._terminal_locks = KeyedLocks()
+        self._accounts = ledger.AccountIds()
 
     async def handle(self, frame: bytes, peer: object = None) -> bytes | None:
         started = time.perf_counter()
@@ -236,7 +237,8 @@ class Processor:
             if card is not None and card.tid != terminal.tid:
                 raise _Refused(_refusal(request, ResponseCode.SECURITY_VIOLATION, keys),
                                "tid_mismatch")
-            ctx = Ctx(conn, self._settings, terminal, identity, now, self._pan_hash)
+            ctx = Ctx(conn, self._settings, terminal, identity, now, self._pan_hash,
+                      self._accounts)
             response, txn_id = await self._business(ctx, request, card)
             raw = sign(response, keys)
             await store.record_response(conn, identity, raw, response.response_code.value,
