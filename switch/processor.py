@@ -90,10 +90,10 @@ class KeyedLocks:
     """One FIFO lock per key, kept only while someone holds or waits for it."""
 
     def __init__(self) -> None:
-        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: int) -> AsyncIterator[None]:
+    async def hold(self, key: bytes) -> AsyncIterator[None]:
         lock, users = self._locks.get(key, (asyncio.Lock(), 0))
         self._locks[key] = (lock, users + 1)
         try:
@@ -169,10 +169,18 @@ class Processor:
             return self._security(request, exc.kind, None)
         try:
             return await self._answer_with_database(request, frame, ksn, keys)
-        except _DB_LOST as exc:
+        except DecodeError as exc:  # a field that decodes but means nothing (30 February)
+            log.info("format error: %s", exc)
+            return _refusal(request, ResponseCode.FORMAT_ERROR, keys)
+        except (*_DB_LOST, *_DB_RETRY) as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             metrics.DB_ERRORS.inc()
             return _refusal(request, ResponseCode.SWITCH_UNAVAILABLE, keys)
+        except asyncpg.PostgresError:
+            # A constraint refused a write the code thought valid: a bug, and the database
+            # kept its invariants. Answer 96 and keep serving the other requests.
+            log.exception("database refused a write")
+            return _refusal(request, ResponseCode.SYSTEM_MALFUNCTION, keys)
 
     def _security(self, request: m.Request, kind: str, keys: WorkingKeys | None) -> bytes:
         metrics.SECURITY_FAILURES.labels(kind).inc()
@@ -182,7 +190,10 @@ class Processor:
     async def _answer_with_database(self, request: m.Request, frame: bytes, ksn: Ksn,
                                     keys: WorkingKeys) -> bytes:
         timeout = self._settings.db_connect_timeout_s
-        async with self._pool.acquire(timeout=timeout) as proxy:
+        # One device per initial key ID: its requests queue here, in arrival order, before
+        # they take a pool connection, so a burst from one terminal cannot drain the pool.
+        async with self._terminal_locks.hold(ksn.initial_key_id), \
+                self._pool.acquire(timeout=timeout) as proxy:
             conn = cast(asyncpg.Connection, proxy)
             terminal = await store.terminal_by_initial_key_id(conn, ksn.initial_key_id)
             if terminal is None or terminal.status != "active":
@@ -190,19 +201,25 @@ class Processor:
             if not verify_mac(keys.mac_request, m.mac_input(frame), request.mac):
                 return self._security(request, "bad_mac", keys)
             card, card_error = self._decrypt(request, keys)
-            async with self._terminal_locks.hold(terminal.terminal_id):
-                for attempt in range(self._settings.db_retries_max + 1):
-                    try:
-                        return await self._transact(conn, request, terminal, ksn, keys, card,
-                                                    card_error)
-                    except _Refused as refused:
-                        if refused.kind:
-                            self._security(request, refused.kind, None)
-                        return refused.response
-                    except _DB_RETRY:
-                        if attempt == self._settings.db_retries_max:
-                            raise
-            raise AssertionError("unreachable")
+            return await self._transact_with_retries(conn, request, terminal, ksn, keys,
+                                                     card, card_error)
+
+    async def _transact_with_retries(
+        self, conn: asyncpg.Connection, request: m.Request, terminal: store.TerminalRecord,
+        ksn: Ksn, keys: WorkingKeys, card: CardData | None, card_error: SecurityError | None,
+    ) -> bytes:
+        for attempt in range(self._settings.db_retries_max + 1):
+            try:
+                return await self._transact(conn, request, terminal, ksn, keys, card,
+                                            card_error)
+            except _Refused as refused:
+                if refused.kind:
+                    self._security(request, refused.kind, None)
+                return refused.response
+            except _DB_RETRY:
+                if attempt == self._settings.db_retries_max:
+                    raise
+        raise AssertionError("unreachable")
 
     def _decrypt(self, request: m.Request, keys: WorkingKeys
                  ) -> tuple[CardData | None, SecurityError | None]:
