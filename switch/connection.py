@@ -90,19 +90,11 @@ class Connection:
         self._read_timer: asyncio.Timeout | None = None  # set only while a read is pending
         self._frame_deadline = 0.0  # loop time by which the started frame must be whole
         self._closed = False  # socket closed or closing: answers are dropped from now on
-        self._reader_task: asyncio.Task[None] | None = None
-        self._reading = False
+        self._reader_task: asyncio.Task[None] | None = None  # set only while reading
         self._stop_requested = False
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._requests)
-
-    @property
-    def read_size(self) -> int:
-        """Bytes asked of the socket per read: one maximal frame, so undispatched frames
-        decoded from a single chunk stay bounded too."""
-        return self._settings.frame_bytes_max + PREFIX_BYTES
+        # One maximal frame per read, so the frames decoded from one chunk and not yet
+        # dispatched are bounded too.
+        self._read_size = settings.frame_bytes_max + PREFIX_BYTES
 
     async def run(self) -> None:
         try:
@@ -119,7 +111,7 @@ class Connection:
         self._stop_requested = True
         if not self._closed:
             CONNECTIONS_CLOSED.labels("shutdown").inc()
-        if self._reading and self._reader_task is not None:
+        if self._reader_task is not None:
             # Interrupt a wait on the socket or on a slot; `_read_phase` absorbs this.
             self._reader_task.cancel()
 
@@ -134,7 +126,6 @@ class Connection:
     async def _read_phase(self) -> None:
         reader_task = self._reader_task = asyncio.current_task()
         assert reader_task is not None
-        self._reading = True
         try:
             await self._read_frames()
         except asyncio.CancelledError:
@@ -142,7 +133,7 @@ class Connection:
             if not self._stop_requested or reader_task.uncancel() > 0:
                 raise
         finally:
-            self._reading = False
+            self._reader_task = None
 
     async def _read_frames(self) -> None:
         while self._accepting():
@@ -168,7 +159,7 @@ class Connection:
             async with asyncio.timeout_at(self._read_deadline()) as timer:
                 self._read_timer = timer
                 try:
-                    return await self._reader.read(self.read_size)
+                    return await self._reader.read(self._read_size)
                 finally:
                     self._read_timer = None
         except TimeoutError:
@@ -208,6 +199,7 @@ class Connection:
         while len(self._requests) >= self._settings.in_flight_per_connection_max:
             self._slot_freed.clear()
             await self._slot_freed.wait()
+        # The pause was ours, not the sender's: a frame begun before it gets the time back.
         self._frame_deadline += loop.time() - paused_at
 
     # Requests.
@@ -225,31 +217,28 @@ class Connection:
         self._requests.discard(task)
         IN_FLIGHT.dec()
         self._slot_freed.set()
-        if not self._requests and self._read_timer is not None and not self._decoder.pending:
-            # The read in progress started with no deadline (work was in flight): from now
-            # on the connection is idle.
+        timer = self._read_timer
+        if not self._requests and timer is not None and timer.when() is None:
+            # The pending read has no deadline because work was in flight; now there is
+            # none, so the connection is idle from this moment.
             now = asyncio.get_running_loop().time()
-            self._read_timer.reschedule(now + self._settings.idle_timeout_s)
+            timer.reschedule(now + self._settings.idle_timeout_s)
 
     async def _serve(self, frame: bytes) -> None:
         try:
             response = await self._handler.handle(frame, self.peer)
+            # An empty or oversized answer is a handler bug too. The bound is the
+            # protocol's (what a terminal must accept), not our input limit.
+            data = None if response is None else encode_frame(response, FRAME_BYTES_MAX)
         except Exception as exc:  # a handler bug must cost one connection, not the server
-            self._handler_failed("raised", exc)
+            self._handler_failed(exc)
             return
-        if response is not None:
-            await self._respond(response)
+        if data is not None:
+            await self._write(data)
 
-    async def _respond(self, body: bytes) -> None:
-        if self._closed:
+    async def _write(self, data: bytes) -> None:
+        if self._closed or self._writer.is_closing():
             return  # the peer is gone or the connection failed: the answer is dropped
-        try:
-            # Bounded by the protocol's limit (what a terminal must accept), not by our
-            # possibly lower input limit `frame_bytes_max`.
-            data = encode_frame(body, FRAME_BYTES_MAX)
-        except FramingError as exc:
-            self._handler_failed("returned an unframable response", exc)
-            return
         self._writer.write(data)
         try:
             async with asyncio.timeout(self._settings.write_timeout_s):
@@ -259,18 +248,19 @@ class Connection:
         except OSError:
             self._close(None)
 
-    def _handler_failed(self, what: str, exc: Exception) -> None:
+    def _handler_failed(self, exc: Exception) -> None:
         # Type and stack only: an exception message may quote the payload.
         stack = "".join(traceback.format_tb(exc.__traceback__))
-        log.error("handler %s %s on %s; closing\n%s", what, type(exc).__qualname__, self.peer,
-                  stack)
+        log.error("handler failed with %s on %s; closing\n%s", type(exc).__qualname__,
+                  self.peer, stack)
         self._close("handler_error")
 
     # Closing.
 
     def _close(self, reason: str | None, *, abort: bool = True) -> None:
-        """Close the socket now (first call wins). `reason` is set when the switch, not the
-        peer, ends the connection; aborting skips flushing what a failed peer left unread."""
+        """Close the socket now; the first call wins. `reason` is given when the switch, not
+        the peer, ends the connection. Aborting drops unsent bytes (the peer misbehaved or
+        is gone); a graceful close flushes them first."""
         if self._closed:
             return
         self._closed = True

@@ -13,6 +13,8 @@ import contextlib
 import datetime
 import ipaddress
 import logging
+import os
+import signal
 import socket
 import ssl
 import time
@@ -29,7 +31,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 
 from switch.config import Settings
-from switch.server import Peer, Server
+from switch.server import Peer, Server, install_signal_handlers
 
 WAIT = 2.0
 SHORT = 0.2  # the deadline under test, where one is
@@ -128,6 +130,7 @@ class Client:
             with contextlib.suppress(ConnectionResetError):
                 while chunk := await self.reader.read(65536):
                     received += chunk
+        self.close()
         return bytes(received)
 
     def close(self) -> None:
@@ -138,25 +141,21 @@ class Client:
 async def serving(handler: EchoHandler, **overrides: Any) -> AsyncIterator[Server]:
     """A started server; on exit it is shut down and nothing of it may remain."""
     open_before = metric("loyalty_connections_open")
-    server = Server(Settings(listen_host="127.0.0.1", listen_port=0, **overrides), handler)
+    settings = Settings(listen_host="127.0.0.1", listen_port=0, **overrides)
+    server = Server(settings, handler)
     await server.start()
     assert server.port > 0
     try:
         yield server
     finally:
-        async with asyncio.timeout(WAIT + server_grace(overrides)):
+        async with asyncio.timeout(WAIT + settings.shutdown_grace_s):
             await server.shutdown()
     assert not server.connections and not switch_tasks()
     assert metric("loyalty_connections_open") == open_before
     assert metric("loyalty_requests_in_flight") == 0
 
 
-def server_grace(overrides: dict[str, Any]) -> float:
-    grace: float = overrides.get("shutdown_grace_s", 10.0)
-    return grace
-
-
-async def server_side(server: Server, client: Client) -> asyncio.Task[None]:
+def server_side(server: Server, client: Client) -> asyncio.Task[None]:
     """The server's task for `client` (the client must have had an answer already)."""
     (conn,) = [c for c in server.connections if c.peer.port == client.port]
     return server.task_of(conn)
@@ -220,7 +219,7 @@ async def test_partial_frame_then_disconnect_leaves_nothing() -> None:
     async with serving(handler) as server:
         client = await Client.open(server)
         await client.echo(b"hello")
-        task = await server_side(server, client)
+        task = server_side(server, client)
         await client.send_raw(framed(b"never finished")[:5])
         client.close()
         async with asyncio.timeout(WAIT):
@@ -237,7 +236,7 @@ async def test_disconnect_mid_request_lets_it_finish_and_drops_the_answer() -> N
     async with serving(handler) as server:
         client = await Client.open(server)
         await client.echo(b"hello")
-        task = await server_side(server, client)
+        task = server_side(server, client)
         await client.send(b"commit")
         assert await handler.next_arrival() == b"hello"
         assert await handler.next_arrival() == b"commit"
@@ -310,7 +309,7 @@ async def test_connections_max_closes_extra_connections() -> None:
         await first.echo(b"1 again")
         await second.echo(b"2 again")
         # A freed place is taken again.
-        task = await server_side(server, first)
+        task = server_side(server, first)
         first.close()
         async with asyncio.timeout(WAIT):
             await task
@@ -446,14 +445,40 @@ async def test_write_deadline_cuts_off_a_peer_that_does_not_read() -> None:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
         client = Client(*await asyncio.open_connection(sock=sock))
         await client.echo(b"hello")
-        task = await server_side(server, client)
+        task = server_side(server, client)
         # 4 MB of answers are asked for, and nobody reads them.
         await client.send(*[b"big"] * 2000)
         async with asyncio.timeout(WAIT):
             await task
         assert closed_count("write_timeout") == before + 1
         await client.closed_by_server()
+    # Unanswered requests held their slots, so the server stopped taking frames.
     assert len(handler.calls) < 2000
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+async def test_signal_starts_graceful_shutdown(signum: int) -> None:
+    handler = EchoHandler()
+    gate = handler.gate(b"in flight")
+    loop = asyncio.get_running_loop()
+    # Should the server not take the signal, it must not end the test run.
+    previous = signal.signal(signum, lambda *_: None)
+    try:
+        async with serving(handler) as server:
+            install_signal_handlers(server)
+            client = await Client.open(server)
+            await client.send(b"in flight")
+            await handler.next_arrival()
+            serving_task = asyncio.create_task(server.serve_forever())
+            os.kill(os.getpid(), signum)
+            gate.set()
+            assert await client.recv() == b"echo:in flight"
+            await client.closed_by_server()
+            async with asyncio.timeout(WAIT):
+                await serving_task
+    finally:
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, previous)
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
