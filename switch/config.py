@@ -86,6 +86,13 @@ class Settings(BaseModel):
             raise ValueError(f"must be at least db_pool_size_min ({low})")
         return value
 
+    @field_validator("tls_key_file")
+    @classmethod
+    def _key_needs_cert(cls, value: Path | None, info: Any) -> Path | None:
+        if value is not None and info.data.get("tls_cert_file") is None:
+            raise ValueError("needs tls_cert_file as well")
+        return value
+
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None

@@ -9,7 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 CONNECTIONS_OPEN = Gauge("loyalty_connections_open", "Open terminal connections")
 CONNECTIONS_REJECTED = Counter(
     "loyalty_connections_rejected_total", "Connections closed at accept because of a limit",
-    ["reason"])  # total | per_ip
+    ["reason"])  # total | per_ip | shutdown
 CONNECTIONS_CLOSED = Counter(
     "loyalty_connections_closed_total", "Connections closed by the switch", ["reason"])
 FRAMES_REJECTED = Counter(

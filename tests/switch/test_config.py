@@ -36,6 +36,7 @@ def test_database_url_from_conventional_variable():
     ({"LOYALTY_CONNECTIONS_MAX": "lots"}, "connections_max"),
     ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
     ({"LOYALTY_DB_POOL_SIZE_MIN": "10", "LOYALTY_DB_POOL_SIZE_MAX": "5"}, "db_pool_size_max"),
+    ({"LOYALTY_TLS_KEY_FILE": "/k.pem"}, "tls_key_file"),
 ])
 def test_bad_value_names_the_setting(env, named):
     with pytest.raises(ConfigError, match=named):
