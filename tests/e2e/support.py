@@ -134,6 +134,27 @@ async def all_balances(env: Env) -> dict[str, tuple[int, int, int, int]]:
     return {r["key"]: (r[1], r[2], r[3], r[4]) for r in rows}
 
 
+async def net_balances(env: Env) -> dict[str, tuple[int, int, int]]:
+    """Every account's (posted balance, pending debits, pending credits), accounts at zero
+    left out: what a reversal must restore exactly (its entries add to the totals)."""
+    rows = await env.conn.fetch(
+        """SELECT key, credits_posted - debits_posted AS net, debits_pending, credits_pending
+           FROM ledger_account
+           WHERE (credits_posted - debits_posted, debits_pending, credits_pending)
+                 <> (0, 0, 0)""")
+    return {r["key"]: (r[1], r[2], r[3]) for r in rows}
+
+
+async def net_under_ref(env: Env, ref: str) -> dict[int, int]:
+    """Per account, the net of everything posted under `ref` (an RRN), zeros left out."""
+    rows = await env.conn.fetch(
+        """SELECT e.account_id, sum(e.amount) AS net FROM ledger_entry e
+           JOIN ledger_transfer t ON t.id = e.transfer_id
+           WHERE t.ref = $1 AND t.kind IN ('single', 'post')
+           GROUP BY e.account_id HAVING sum(e.amount) <> 0""", ref)
+    return {r[0]: r[1] for r in rows}
+
+
 async def balance(env: Env, spec: ledger.AccountSpec) -> ledger.Balance:
     """An account's balance without creating it (zero when it does not exist yet)."""
     row = await env.conn.fetchrow(
