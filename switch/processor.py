@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 import asyncpg
 
@@ -34,8 +34,10 @@ from protocol import messages as m
 from protocol.cardblock import CardData, decrypt_card_data
 from protocol.dukpt import HostKeys, Ksn, WorkingKeys
 from protocol.errors import DecodeError, SecurityError
-from protocol.fields import Mti, ResponseCode
+from protocol.fields import FieldValueError, Mti, ResponseCode
+from protocol.layout import FIELD_CODECS
 from protocol.mac import compute_mac, verify_mac
+from protocol.spec import decode_fields
 from switch import ledger, metrics, phase1, phase2, store
 from switch.config import Settings
 from switch.context import Ctx
@@ -44,12 +46,20 @@ from switch.declines import Declined
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+# What "the database is not there" looks like: the socket (OSError, timeouts), the
+# connection (class 08, a backend terminated or a statement cancelled: class 57, a pooled
+# connection found dead: InternalClientError), or a database that was dropped (3D000) or
+# closed to connections (55000) when the pool reconnects.
 _DB_LOST = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError)
+            asyncpg.InternalClientError, asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.InvalidCatalogNameError, asyncpg.ObjectNotInPrerequisiteStateError,
+            asyncpg.exceptions.InsufficientResourcesError)
 _DB_RETRY = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 _PHASE = {Mti.AUTH_REQUEST: "request", Mti.CONFIRM_ADVICE: "confirm",
           Mti.REVERSAL_ADVICE: "reversal", Mti.NETWORK_REQUEST: "network"}
-_RESPONSE_FOR = {Mti.NETWORK_REQUEST: m.NetworkResponse, Mti.AUTH_REQUEST: m.AuthResponse,
+_ResponseClass = (type[m.NetworkResponse] | type[m.AuthResponse] | type[m.ConfirmResponse]
+                  | type[m.ReversalResponse])
+_RESPONSE_FOR: dict[Mti, _ResponseClass] = {Mti.NETWORK_REQUEST: m.NetworkResponse, Mti.AUTH_REQUEST: m.AuthResponse,
                  Mti.CONFIRM_ADVICE: m.ConfirmResponse, Mti.REVERSAL_ADVICE: m.ReversalResponse}
 
 
@@ -78,6 +88,25 @@ def request_digest(request: m.Request, card: CardData | None, pan_hash: bytes) -
                if f.name not in ("ksn", "mac", "card_data")]
     card_part = b"" if card is None else card.tid.encode() + pan_hash + card.expiry.encode()
     return hashlib.sha256(repr((request.MTI.value, content)).encode() + card_part).digest()
+
+
+_ECHO_FIELDS = (3, 4, 7, 11, 37, 53, 70)
+
+
+def _decodable_echo(frame: bytes, cls: type[m.Message]) -> dict[str, Any]:
+    """The echoed fields of a message that failed to decode whole, as far as each parses."""
+    try:
+        parsed = decode_fields(frame)
+    except DecodeError:
+        return {}
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    echoed = {}
+    for n in _ECHO_FIELDS:
+        codec = FIELD_CODECS.get(n)
+        if n in parsed.fields and codec is not None and codec.attribute in allowed:
+            with contextlib.suppress(FieldValueError):
+                echoed[codec.attribute] = codec.parse(parsed.fields[n])
+    return echoed
 
 
 class _Refused(Exception):  # noqa: N818  (control flow: roll back and answer this)
@@ -152,14 +181,19 @@ class Processor:
         return raw
 
     def _format_error(self, frame: bytes) -> bytes | None:
+        """A `30` of the request's response type, echoing the fields that did decode (so a
+        pipelining terminal can still match it); nothing when even the MTI is unreadable."""
         try:
             cls = _RESPONSE_FOR[Mti(frame[:4].decode("ascii"))]
         except (ValueError, KeyError, UnicodeDecodeError):
             metrics.FRAMES_REJECTED.labels("undecodable").inc()
             return None
-        response = cls(response_code=ResponseCode.FORMAT_ERROR)
-        metrics.MESSAGES.labels(response.MTI.value, "", ResponseCode.FORMAT_ERROR.value).inc()
-        return m.encode(response)
+        metrics.MESSAGES.labels(cls.MTI.value, "", ResponseCode.FORMAT_ERROR.value).inc()
+        try:
+            return m.encode(cls(response_code=ResponseCode.FORMAT_ERROR,
+                                **_decodable_echo(frame, cls)))
+        except DecodeError:  # the echoed fields do not go together: echo none
+            return m.encode(cls(response_code=ResponseCode.FORMAT_ERROR))
 
     async def _answer(self, request: m.Request, frame: bytes) -> bytes:
         ksn = Ksn.from_bytes(request.ksn)

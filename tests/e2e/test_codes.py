@@ -523,8 +523,6 @@ async def test_30_body_without_a_known_mti_writes_nothing_and_the_connection_ser
             assert decode_response(frame).response_code is RC.FORMAT_ERROR
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a 30 response echoes none of the fields that did "
-                   "decode (7, 11, 53), so a pipelining terminal cannot match it")
 async def test_30_response_echoes_the_fields_that_decoded(env: Env) -> None:
     terminal = make_terminal(env, "CAFE0001")
     async with await connect(env, terminal) as client:
