@@ -59,8 +59,9 @@ _PHASE = {Mti.AUTH_REQUEST: "request", Mti.CONFIRM_ADVICE: "confirm",
           Mti.REVERSAL_ADVICE: "reversal", Mti.NETWORK_REQUEST: "network"}
 _ResponseClass = (type[m.NetworkResponse] | type[m.AuthResponse] | type[m.ConfirmResponse]
                   | type[m.ReversalResponse])
-_RESPONSE_FOR: dict[Mti, _ResponseClass] = {Mti.NETWORK_REQUEST: m.NetworkResponse, Mti.AUTH_REQUEST: m.AuthResponse,
-                 Mti.CONFIRM_ADVICE: m.ConfirmResponse, Mti.REVERSAL_ADVICE: m.ReversalResponse}
+_RESPONSE_FOR: dict[Mti, _ResponseClass] = {
+    Mti.NETWORK_REQUEST: m.NetworkResponse, Mti.AUTH_REQUEST: m.AuthResponse,
+    Mti.CONFIRM_ADVICE: m.ConfirmResponse, Mti.REVERSAL_ADVICE: m.ReversalResponse}
 
 
 def utc_now() -> datetime:
