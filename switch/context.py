@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -27,9 +27,15 @@ class Ctx:
     now: datetime
     pan_hash: Callable[[str], bytes]
     accounts: ledger.AccountIds
+    # Account ids this request used; the processor adds them to `accounts` once committed.
+    used_accounts: dict[str, int] = field(default_factory=dict)
 
     async def account(self, spec: ledger.AccountSpec) -> int:
-        return await ledger.account_id(self.conn, spec, self.accounts)
+        found = self.accounts.get(spec.key) or self.used_accounts.get(spec.key)
+        if found is None:
+            found = await ledger.account_id(self.conn, spec)
+            self.used_accounts[spec.key] = found
+        return found
 
     @property
     def hold_timeout(self) -> timedelta:

@@ -152,9 +152,10 @@ class Result:
 
 
 class AccountIds:
-    """Account ids by key, for one database. Only ids of committed accounts are kept (ids
-    found by a read, never one this transaction just inserted, which could roll back), and
-    accounts are never deleted, so an entry never goes stale."""
+    """Account ids by key, for one database. Only ids known to be committed go in: a caller
+    collects the ids its transaction used and adds them after the commit (an id read inside
+    a transaction may be that transaction's own insert, gone if it rolls back). Accounts are
+    never deleted, so an entry never goes stale."""
 
     def __init__(self, size_max: int = 100_000) -> None:
         self._ids: dict[str, int] = {}
@@ -163,23 +164,17 @@ class AccountIds:
     def get(self, key: str) -> int | None:
         return self._ids.get(key)
 
-    def put(self, key: str, account: int) -> None:
-        if len(self._ids) >= self._size_max:
+    def add_committed(self, ids: dict[str, int]) -> None:
+        if len(self._ids) + len(ids) > self._size_max:
             self._ids.clear()  # rare; cheaper than LRU bookkeeping on every hit
-        self._ids[key] = account
+        self._ids.update(ids)
 
 
-async def account_id(conn: asyncpg.Connection, spec: AccountSpec,
-                     cache: AccountIds | None = None) -> int:
+async def account_id(conn: asyncpg.Connection, spec: AccountSpec) -> int:
     """The id of the account `spec` names, created on first use."""
-    cached = cache.get(spec.key) if cache is not None else None
-    if cached is not None:
-        return cached
     found: int | None = await conn.fetchval(
         "SELECT id FROM ledger_account WHERE key = $1", spec.key)
     if found is not None:
-        if cache is not None:
-            cache.put(spec.key, found)
         return found
     found = await conn.fetchval(
         """INSERT INTO ledger_account (key, kind, unit, card_id, merchant_id, network_id,

@@ -295,6 +295,7 @@ class Processor:
             raw = sign(response, keys)
             await store.record_response(conn, identity, raw, response.response_code.value,
                                         txn_id)
+        self._accounts.add_committed(ctx.used_accounts)
         return raw
 
     def _refuse_unless_fresh(self, request: m.Request, identity: store.Identity,
@@ -320,6 +321,7 @@ class Processor:
                 return await self._dispatch(ctx, request, card)
         except Declined as declined:
             log.info("declined: %s", declined)
+            ctx.used_accounts.clear()  # the savepoint may have undone an account it created
             return m.response_to(request, declined.reason.response_code), None
 
     async def _dispatch(self, ctx: Ctx, request: m.Request, card: CardData | None
