@@ -26,7 +26,7 @@ import pytest
 from protocol.dukpt import derive_initial_key
 from protocol.fields import ProcessingCode, ResponseCode
 from simulator.client import TerminalClient
-from simulator.terminal import Terminal
+from simulator.terminal import Prepared, Terminal
 from switch import db, demo, keys
 from switch.config import Settings, load_settings
 from switch.service import Switch
@@ -41,6 +41,7 @@ club = demo.demo_club_pan
 CONNECT_TIMEOUT_S = 1.0
 STATEMENT_TIMEOUT_S = 2.0
 SLACK_S = 1.5  # scheduling and one extra round trip on a loaded machine
+POOL_MAX = 4  # the pool size of the tests' own switches
 
 
 # -- a TCP relay in front of Postgres ---------------------------------------------------------
@@ -172,7 +173,7 @@ class Own:
     def settings(self, **overrides: Any) -> Settings:
         return load_settings(environ={}, key_file=self.key_file, listen_port=0,
                              hold_sweep_interval_s=3600, db_pool_size_min=1,
-                             db_pool_size_max=4, db_connect_timeout_s=CONNECT_TIMEOUT_S,
+                             db_pool_size_max=POOL_MAX, db_connect_timeout_s=CONNECT_TIMEOUT_S,
                              db_statement_timeout_s=STATEMENT_TIMEOUT_S, **overrides)
 
     async def terminal(self, tid: str) -> Terminal:
@@ -235,6 +236,18 @@ async def txn_count(own: Own) -> int:
     value = await own.scalar("SELECT count(*) FROM txn")
     assert isinstance(value, int)
     return value
+
+
+async def retry_until_approved(client: TerminalClient, prepared: Prepared[Any, Any],
+                               dead_connections: int) -> None:
+    """Retransmit until 00. Each pooled connection that died with the database may cost one
+    more 91 before the pool has replaced them all; anything but 91 or 00 fails."""
+    for _ in range(dead_connections + 1):
+        answer = await client.retransmit(prepared)
+        assert answer.code in (RC.APPROVED, RC.SWITCH_UNAVAILABLE), answer
+        if answer.code is RC.APPROVED:
+            return
+    raise AssertionError(f"still 91 after {dead_connections + 1} retries")
 
 
 # -- the tests ---------------------------------------------------------------------------------
@@ -310,8 +323,7 @@ async def test_backends_terminated_mid_transaction_answer_91_and_leave_nothing_b
             await tx.rollback()
             assert await counts(env) == rows, "nothing of the broken transaction remains"
             assert await env.card_balance(1) == start
-            retry = await client.retransmit(prepared)
-            assert retry.code is RC.APPROVED
+            await retry_until_approved(client, prepared, env.settings.db_pool_size_max)
             assert (await env.card_balance(1)).available == start.available - 25_000
             assert (await counts(env))["txn"] == rows["txn"] + 1
     finally:
@@ -349,8 +361,7 @@ async def test_unreachable_database_answers_91_promptly_and_recovers(own: Own) -
                 assert await txn_count(own) == before
 
                 await relay.restore()
-                retry = await client.retransmit(prepared)
-                assert retry.code is RC.APPROVED
+                await retry_until_approved(client, prepared, POOL_MAX)
                 assert await txn_count(own) == before + 1
     finally:
         await relay.close()
@@ -376,8 +387,7 @@ async def test_database_that_never_answers_gives_91_within_the_connect_timeout(
                 assert time.monotonic() - started < CONNECT_TIMEOUT_S + SLACK_S
 
                 await relay.restore()
-                retry = await client.retransmit(prepared)
-                assert retry.code is RC.APPROVED
+                await retry_until_approved(client, prepared, POOL_MAX)
                 assert await txn_count(own) == before + 1
                 await relay.cut()  # let the switch's pool close without waiting on us
                 await relay.restore()
@@ -406,8 +416,7 @@ async def test_frozen_database_mid_request_gives_91_within_the_statement_timeout
                 assert elapsed < STATEMENT_TIMEOUT_S + CONNECT_TIMEOUT_S + SLACK_S
 
                 await relay.restore()
-                retry = await client.retransmit(prepared)
-                assert retry.code is RC.APPROVED
+                await retry_until_approved(client, prepared, POOL_MAX)
                 assert await txn_count(own) == before + 1
     finally:
         await relay.close()
@@ -435,7 +444,7 @@ async def test_database_gone_or_closed_to_connections_answers_91(own: Own, how: 
                 codes = [answer.code, (await client.echo()).code]
                 if how == "disallow":
                     await admin.execute(f'ALTER DATABASE "{own.name}" ALLOW_CONNECTIONS true')
-                    assert (await client.retransmit(prepared)).code is RC.APPROVED
+                    await retry_until_approved(client, prepared, POOL_MAX)
             finally:
                 await admin.close()
             assert codes == [RC.SWITCH_UNAVAILABLE] * 2, codes
@@ -479,10 +488,6 @@ async def test_one_terminals_stuck_requests_do_not_starve_other_terminals(env: E
         await blocker.close()
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ledger.account_id caches the id of an account "
-                   "its own uncommitted transaction inserted (found by the second look-up); "
-                   "when that transaction is lost the id is stale and every later request "
-                   "on the account fails (AssertionError, connection closed, no answer)")
 async def test_a_lost_transaction_leaves_no_stale_account_id_behind(env: Env) -> None:
     """Member 4 has network credit but no café credit account yet. A store-credit purchase
     at the café creates that account (then reads it again) before it blocks on the
@@ -516,8 +521,7 @@ async def test_a_lost_transaction_leaves_no_stale_account_id_behind(env: Env) ->
             assert answer.code is RC.SWITCH_UNAVAILABLE
             await tx.rollback()
             assert await counts(env) == rows
-            retry = await client.retransmit(prepared)
-            assert retry.code is RC.APPROVED
+            await retry_until_approved(client, prepared, env.settings.db_pool_size_max)
             inquiry = await client.balance(club(4), EXP,
                                            processing_code=PC.BALANCE_INQUIRY_STORE_CREDIT)
             assert inquiry.code is RC.APPROVED
