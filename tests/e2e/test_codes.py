@@ -591,6 +591,26 @@ async def test_58_suspended_merchant(env: Env) -> None:
         assert response.code is RC.APPROVED
 
 
+async def test_58_closed_merchant(env: Env) -> None:
+    await env.conn.execute("UPDATE merchant SET status = 'closed' WHERE code = 'hyper-setareh'")
+    async with await env.client("HYPR0001") as client:
+        before = await all_balances(env)
+        response, _ = await client.purchase(1_000, club(1), EXP)
+        assert response.code is RC.NOT_PERMITTED_TO_TERMINAL
+        assert await all_balances(env) == before
+
+
+@pytest.mark.xfail(strict=True, reason="bug: balance inquiries return before the merchant-status "
+                   "check in phase1.authorize, so a suspended merchant's terminal gets 00 "
+                   "(docs/protocol.md interpretation 18: any request at a suspended or "
+                   "closed merchant is 58)")
+async def test_58_balance_inquiry_at_a_suspended_merchant(env: Env) -> None:
+    await env.conn.execute("UPDATE merchant SET status = 'suspended' WHERE code = 'barber-sadaf'")
+    async with await env.client("BARB0001") as client:
+        response = await client.balance(club(1), EXP)
+        assert response.code is RC.NOT_PERMITTED_TO_TERMINAL
+
+
 async def test_58_club_card_of_another_store_network(env: Env) -> None:
     await registry.add_network(env.conn, "other-net", "Another Network", "990200")
     member_id = await registry.add_member(
