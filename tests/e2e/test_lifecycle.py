@@ -8,9 +8,11 @@ same injected clock, never by waiting for its interval.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from protocol.cardblock import CardData
@@ -72,6 +74,10 @@ async def test_confirm_repeated_gives_the_same_0230_and_one_effect(env: Env) -> 
             again = await client.confirm(prepared, rrn)
             assert again.code is RC.APPROVED and again.message.rrn == rrn
             assert blocks(again) == blocks(first)
+        # Long after the hold timeout a confirmed transaction still confirms (nothing to do).
+        env.clock.advance(seconds=10 * env.settings.hold_timeout_s)
+        late = await client.confirm(prepared, rrn)
+        assert late.code is RC.APPROVED and blocks(late) == blocks(first)
         assert await all_balances(env) == balances
         assert (await counts(env))["ledger_transfer"] == rows["ledger_transfer"]
         assert (await env.card_balance(1)).ledger == start.ledger - 60_000
@@ -221,6 +227,21 @@ async def test_concurrent_purchases_on_one_card_from_many_terminals_never_overdr
     after = await env.card_balance(1)
     assert after.ledger == start.ledger - 2 * share
     assert after.available == after.ledger >= 0
+
+
+async def test_reversal_after_settlement_is_12_and_a_refund_still_works(env: Env) -> None:
+    async with await env.client("CAFE0001") as client:
+        start = await env.card_balance(1)
+        rrn, purchase = await approved(client, 100_000, club(1))
+        assert (await client.confirm(purchase, rrn)).code is RC.APPROVED
+        # The settlement batch has taken it (done here as the batch would: by marking it).
+        await env.conn.execute("UPDATE txn SET settlement_window_id = 1 WHERE rrn = $1", rrn)
+        balances = await all_balances(env)
+        assert (await client.reverse(purchase, rrn)).code is RC.INVALID_TRANSACTION
+        assert await all_balances(env) == balances
+        refund_rrn, refund = await _refund(client, rrn, 100_000)
+        assert (await client.confirm(refund, refund_rrn)).code is RC.APPROVED
+        assert (await env.card_balance(1)).ledger == start.ledger
 
 
 async def test_reversal_before_original_then_the_original_holds_nothing(env: Env) -> None:
@@ -374,3 +395,48 @@ async def test_retransmission_after_a_switch_restart_gets_the_identical_response
         assert (await env.card_balance(1)).ledger == start.ledger - 45_000
     finally:
         await restarted.stop()
+
+
+async def test_a_request_in_flight_at_shutdown_is_answered_and_its_retransmission_too(
+        env: Env) -> None:
+    """Stop the switch while a request is inside its transaction (blocked on a lock we
+    hold): the graceful stop lets it finish and answers it before closing; a new switch on
+    the same database gives the same bytes to its retransmission."""
+    terminal = make_terminal(env, "CAFE0001")
+    card_id = await env.card_id(1)
+    blocker = await asyncpg.connect(env.url)
+    restarted: Switch | None = None
+    try:
+        client = await connect(env, terminal)
+        async with client:
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("SELECT 1 FROM ledger_account WHERE card_id = $1 "
+                                  "AND kind = 'card_rial' FOR UPDATE", card_id)
+            prepared = terminal.auth(PC.PURCHASE_CLUB, 33_000, club(1), EXP)
+            pending = asyncio.create_task(client.send(prepared))
+            await wait_for_lock_waiter(env.conn)
+            stopping = asyncio.create_task(env.switch.stop())
+            await asyncio.sleep(0)  # let the shutdown begin while the request waits
+            await tx.rollback()
+            answer = await pending
+            await stopping
+            assert answer.code is RC.APPROVED
+        restarted = Switch(env.settings, clock=env.clock, database_url=env.url)
+        await restarted.start()
+        async with await connect(env, terminal, port=restarted.port) as client:
+            assert (await client.retransmit(prepared)).raw == answer.raw
+    finally:
+        await blocker.close()
+        if restarted is not None:
+            await restarted.stop()
+
+
+async def wait_for_lock_waiter(conn: asyncpg.Connection, timeout_s: float = 10) -> None:
+    """Until some session of this database waits for a lock (nothing to await: poll)."""
+    deadline = time.monotonic() + timeout_s
+    while not await conn.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE datname = current_database() AND wait_event_type = 'Lock'"""):
+        assert time.monotonic() < deadline, "the request never reached the lock"
+        await asyncio.sleep(0.01)
