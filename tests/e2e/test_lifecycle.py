@@ -440,3 +440,24 @@ async def wait_for_lock_waiter(conn: asyncpg.Connection, timeout_s: float = 10) 
                WHERE datname = current_database() AND wait_event_type = 'Lock'"""):
         assert time.monotonic() < deadline, "the request never reached the lock"
         await asyncio.sleep(0.01)
+
+
+async def test_holds_that_expired_while_no_switch_ran_are_released_at_start(env: Env) -> None:
+    async with await env.client("CAFE0001") as client:
+        start = await env.card_balance(1)
+        rrn, prepared = await approved(client, 64_000, club(1))
+    await env.switch.stop()
+    env.clock.advance(seconds=env.settings.hold_timeout_s + 1)
+    restarted = Switch(env.settings, clock=env.clock, database_url=env.url)
+    await restarted.start()  # sweeps before it listens
+    try:
+        after = await env.card_balance(1)
+        assert (after.ledger, after.available) == (start.ledger, start.available)
+        assert [(t["state"], t["void_reason"]) for t in await txn_rows(env)] == [
+            ("VOIDED", "expired")]
+        terminal = make_terminal(env, "CAFE0001", counter=prepared.ksn.counter,
+                                 last_stan=int(prepared.request.stan))
+        async with await connect(env, terminal, port=restarted.port) as client:
+            assert (await client.confirm(prepared, rrn)).code is RC.TOO_LATE
+    finally:
+        await restarted.stop()
