@@ -26,14 +26,12 @@ _REFUND_OF = {PC.REFUND_CLUB: "club_purchase", PC.REFUND_STORE_CREDIT: "credit_p
 async def authorize(ctx: Ctx, req: AuthRequest, card: CardData) -> tuple[AuthResponse, int | None]:
     """The response to an 0100 and the id of the transaction it created (None for inquiries)."""
     pc = req.processing_code
-    if pc.is_balance_inquiry:
-        return await balance_inquiry(ctx, req, card), None
-    if await store.reversal_remembered(ctx.conn, ctx.identity):
-        raise Declined(Decline.INVALID_TRANSACTION, "reversed before it arrived")
-    if req.amount <= 0:
-        raise Declined(Decline.INVALID_AMOUNT)
     if ctx.terminal.merchant_status != "active":
         raise Declined(Decline.NOT_PERMITTED_TO_TERMINAL, "merchant not active")
+    if pc.is_balance_inquiry:
+        return await balance_inquiry(ctx, req, card), None
+    if req.amount <= 0:
+        raise Declined(Decline.INVALID_AMOUNT)
     if pc is PC.PURCHASE_SHAPARAK:
         return await bank_purchase(ctx, req, card)
     if pc is PC.PURCHASE_CLUB:

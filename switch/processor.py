@@ -280,6 +280,14 @@ class Processor:
             if stored is not None:
                 return self._replay(request, stored, keys, digest)
             self._refuse_unless_fresh(request, identity, now, keys)
+            if isinstance(request, m.AuthRequest) and \
+                    await store.reversal_remembered(conn, identity):
+                # The original of an earlier reversal, arriving late: its counter is below
+                # the reversal's, so it must be recognised before the replay check.
+                raw = sign(m.response_to(request, ResponseCode.INVALID_TRANSACTION), keys)
+                await store.record_response(conn, identity, raw,
+                                            ResponseCode.INVALID_TRANSACTION.value, None)
+                return raw
             if not await store.advance_counter(conn, terminal.terminal_id, ksn.counter):
                 raise _Refused(_refusal(request, ResponseCode.SECURITY_VIOLATION, keys),
                                "replay")

@@ -30,6 +30,7 @@ _TERMINAL_SQL = """
            m.status AS merchant_status, m.network_id, m.fee_bp, m.fee_fixed_rial,
            m.fee_min_rial, m.fee_max_rial, m.shaparak_fee_exempt
     FROM terminal t JOIN merchant m ON m.id = t.merchant_id
+    JOIN bdk b ON b.id = t.bdk_id AND b.status = 'active'
     WHERE t.bdk_id = $1 AND t.derivation_id = $2"""
 
 

@@ -80,12 +80,14 @@ class Env:
         return await ledger.balance(self.conn, await ledger.account_id(self.conn, spec))
 
     async def card_id(self, card_index: int) -> int:
-        return await self.conn.fetchval(
+        card_id: int = await self.conn.fetchval(
             "SELECT id FROM card WHERE pan_last4 = $1 AND pan_bin = $2",
             demo.demo_club_pan(card_index)[-4:], demo.CLUB_BIN)
+        return card_id
 
     async def count(self, table: str) -> int:
-        return await self.conn.fetchval(f"SELECT count(*) FROM {table}")
+        rows: int = await self.conn.fetchval(f"SELECT count(*) FROM {table}")
+        return rows
 
 
 @pytest.fixture

@@ -600,10 +600,6 @@ async def test_58_closed_merchant(env: Env) -> None:
         assert await all_balances(env) == before
 
 
-@pytest.mark.xfail(strict=True, reason="bug: balance inquiries return before the merchant-status "
-                   "check in phase1.authorize, so a suspended merchant's terminal gets 00 "
-                   "(docs/protocol.md interpretation 18: any request at a suspended or "
-                   "closed merchant is 58)")
 async def test_58_balance_inquiry_at_a_suspended_merchant(env: Env) -> None:
     await env.conn.execute("UPDATE merchant SET status = 'suspended' WHERE code = 'barber-sadaf'")
     async with await env.client("BARB0001") as client:

@@ -254,12 +254,11 @@ async def test_reversal_before_original_then_the_original_holds_nothing(env: Env
         assert reversal.code is RC.APPROVED and reversal.message.rrn is None
         assert await env.count("reversal_memo") == rows["reversal_memo"] + 1
 
-        # The lost 0100 turns up as sent: its KSN counter is below the reversal's, so the
-        # counter check (profile §8, before any business rule) refuses it as a replay.
+        # The lost 0100 turns up as sent. Its KSN counter is below the reversal's, yet it is
+        # the remembered original, recognised by its identity before the counter check: 12.
         late = await client.send(original)
-        assert late.code is RC.SECURITY_VIOLATION
-        # Re-sent under a fresh KSN it passes the counter check and meets the remembered
-        # reversal: 12.
+        assert late.code is RC.INVALID_TRANSACTION and late.message.rrn is None
+        # Re-sent under a fresh KSN it is the same request: the same answer.
         resent = await client.send(resign(terminal, original, CardData("CAFE0001", club(1), EXP)))
         assert resent.code is RC.INVALID_TRANSACTION and resent.message.rrn is None
         assert await all_balances(env) == start
