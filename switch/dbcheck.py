@@ -46,8 +46,8 @@ CHECKS: tuple[Check, ...] = (
                    OR sum(e.amount) FILTER (WHERE e.amount > 0) <> t.amount))""",
     ),
     Check(
-        "every account's totals equal the sum of its entries",
-        "SELECT count(*) FROM ledger_account",
+        "every running total equals the sum of its account's entries",
+        "SELECT count(*) FROM ledger_account WHERE debits_must_not_exceed_credits",
         """WITH e AS (
              SELECT e.account_id, e.amount,
                     t.kind IN ('single', 'post') AS posted, t.status = 'pending' AS pending
@@ -60,10 +60,16 @@ CHECKS: tuple[Check, ...] = (
                coalesce(-sum(amount) FILTER (WHERE amount < 0 AND pending), 0) AS cpe
              FROM e GROUP BY account_id)
            SELECT a.id, a.key FROM ledger_account a LEFT JOIN sums s ON s.account_id = a.id
-           WHERE a.debits_posted <> coalesce(s.dpo, 0)
+           WHERE a.debits_must_not_exceed_credits AND (a.debits_posted <> coalesce(s.dpo, 0)
               OR a.credits_posted <> coalesce(s.cpo, 0)
               OR a.debits_pending <> coalesce(s.dpe, 0)
-              OR a.credits_pending <> coalesce(s.cpe, 0)""",
+              OR a.credits_pending <> coalesce(s.cpe, 0))""",
+    ),
+    Check(
+        "accounts whose balance is derived from entries keep no running totals",
+        "SELECT count(*) FROM ledger_account WHERE NOT debits_must_not_exceed_credits",
+        """SELECT id, key FROM ledger_account WHERE NOT debits_must_not_exceed_credits
+           AND (debits_pending, debits_posted, credits_pending, credits_posted) <> (0, 0, 0, 0)""",
     ),
     Check(
         "no hold is resolved twice, and each hold's status matches its resolution",
@@ -92,9 +98,10 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "the ledger as a whole balances, per unit",
         "SELECT count(DISTINCT unit) FROM ledger_account",
-        """SELECT unit FROM ledger_account GROUP BY unit
-           HAVING sum(debits_posted) <> sum(credits_posted)
-               OR sum(debits_pending) <> sum(credits_pending)""",
+        """SELECT t.unit FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id
+           GROUP BY t.unit
+           HAVING sum(e.amount) FILTER (WHERE t.kind IN ('single', 'post')) <> 0
+               OR sum(e.amount) FILTER (WHERE t.status = 'pending') <> 0""",
     ),
 )
 

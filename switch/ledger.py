@@ -8,7 +8,10 @@ errors (unbalanced entries, unknown accounts) raise.
 
 Amounts are integer rials (unit IRR) or points (unit PTS). An entry's amount is signed:
 debit > 0, credit < 0. Accounts that hold what the network owes a cardholder must never go
-negative; the database enforces that (see the migration), this module only reports it.
+negative; the database enforces that (see the migrations), this module only reports it.
+Only those accounts keep running totals (under a row lock); every other account's balance
+is the sum of its entries, so busy accounts such as fee income are never a lock to queue on
+(migration 0006).
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ async def account_id(conn: asyncpg.Connection, spec: AccountSpec) -> int:
 async def balance(conn: asyncpg.Connection, account: int) -> Balance:
     row = await conn.fetchrow(
         """SELECT debits_pending, debits_posted, credits_pending, credits_posted
-           FROM ledger_account WHERE id = $1""",
+           FROM ledger_account_balance($1)""",
         account,
     )
     assert row is not None, f"no ledger account {account}"

@@ -127,9 +127,9 @@ async def all_balances(env: Env) -> dict[str, tuple[int, int, int, int]]:
     """Every ledger account's four totals, by key: equal snapshots mean no money moved.
     Accounts with all totals zero are left out (the switch creates accounts on first use)."""
     rows = await env.conn.fetch(
-        """SELECT key, debits_pending, debits_posted, credits_pending, credits_posted
-           FROM ledger_account
-           WHERE (debits_pending, debits_posted, credits_pending, credits_posted)
+        """SELECT a.key, b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted
+           FROM ledger_account a, LATERAL ledger_account_balance(a.id) b
+           WHERE (b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted)
                  <> (0, 0, 0, 0)""")
     return {r["key"]: (r[1], r[2], r[3], r[4]) for r in rows}
 
@@ -138,9 +138,10 @@ async def net_balances(env: Env) -> dict[str, tuple[int, int, int]]:
     """Every account's (posted balance, pending debits, pending credits), accounts at zero
     left out: what a reversal must restore exactly (its entries add to the totals)."""
     rows = await env.conn.fetch(
-        """SELECT key, credits_posted - debits_posted AS net, debits_pending, credits_pending
-           FROM ledger_account
-           WHERE (credits_posted - debits_posted, debits_pending, credits_pending)
+        """SELECT a.key, b.credits_posted - b.debits_posted AS net, b.debits_pending,
+                  b.credits_pending
+           FROM ledger_account a, LATERAL ledger_account_balance(a.id) b
+           WHERE (b.credits_posted - b.debits_posted, b.debits_pending, b.credits_pending)
                  <> (0, 0, 0)""")
     return {r["key"]: (r[1], r[2], r[3]) for r in rows}
 
@@ -158,8 +159,9 @@ async def net_under_ref(env: Env, ref: str) -> dict[int, int]:
 async def balance(env: Env, spec: ledger.AccountSpec) -> ledger.Balance:
     """An account's balance without creating it (zero when it does not exist yet)."""
     row = await env.conn.fetchrow(
-        """SELECT debits_pending, debits_posted, credits_pending, credits_posted
-           FROM ledger_account WHERE key = $1""", spec.key)
+        """SELECT b.debits_pending, b.debits_posted, b.credits_pending, b.credits_posted
+           FROM ledger_account a, LATERAL ledger_account_balance(a.id) b
+           WHERE a.key = $1""", spec.key)
     return ledger.Balance(0, 0, 0, 0) if row is None else ledger.Balance(**dict(row))
 
 
