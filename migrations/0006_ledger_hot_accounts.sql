@@ -204,18 +204,26 @@ END $$;
 CREATE FUNCTION ledger_account_balance(
     p_account bigint, OUT debits_pending bigint, OUT debits_posted bigint,
     OUT credits_pending bigint, OUT credits_posted bigint)
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN a.debits_must_not_exceed_credits THEN a.debits_pending ELSE s.dpe END,
-           CASE WHEN a.debits_must_not_exceed_credits THEN a.debits_posted ELSE s.dpo END,
-           CASE WHEN a.debits_must_not_exceed_credits THEN a.credits_pending ELSE s.cpe END,
-           CASE WHEN a.debits_must_not_exceed_credits THEN a.credits_posted ELSE s.cpo END
-    FROM ledger_account a,
-    LATERAL (
-        SELECT coalesce(sum(e.amount) FILTER (WHERE e.amount > 0 AND t.status = 'pending'), 0)::bigint AS dpe,
-               coalesce(sum(e.amount) FILTER (WHERE e.amount > 0 AND t.kind IN ('single', 'post')), 0)::bigint AS dpo,
-               coalesce(-sum(e.amount) FILTER (WHERE e.amount < 0 AND t.status = 'pending'), 0)::bigint AS cpe,
-               coalesce(-sum(e.amount) FILTER (WHERE e.amount < 0 AND t.kind IN ('single', 'post')), 0)::bigint AS cpo
-        FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id
-        WHERE e.account_id = a.id AND NOT a.debits_must_not_exceed_credits) AS s
-    WHERE a.id = p_account
-$$;
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    a ledger_account%ROWTYPE;
+BEGIN
+    SELECT * INTO a FROM ledger_account WHERE id = p_account;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF a.debits_must_not_exceed_credits THEN
+        debits_pending := a.debits_pending;
+        debits_posted := a.debits_posted;
+        credits_pending := a.credits_pending;
+        credits_posted := a.credits_posted;
+        RETURN;
+    END IF;
+    SELECT coalesce(sum(e.amount) FILTER (WHERE e.amount > 0 AND t.status = 'pending'), 0),
+           coalesce(sum(e.amount) FILTER (WHERE e.amount > 0 AND t.kind IN ('single', 'post')), 0),
+           coalesce(-sum(e.amount) FILTER (WHERE e.amount < 0 AND t.status = 'pending'), 0),
+           coalesce(-sum(e.amount) FILTER (WHERE e.amount < 0 AND t.kind IN ('single', 'post')), 0)
+    INTO debits_pending, debits_posted, credits_pending, credits_posted
+    FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id
+    WHERE e.account_id = p_account;
+END $$;
