@@ -119,6 +119,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time of every live `postgres` process on this machine (0 when the server is not
+    local): with backends coming and going this is approximate, but the pool's backends
+    live through the whole measured window."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 async def drive(terminal: Terminal, index: int, port: int, deadline: float, stats: Stats
                 ) -> None:
     mix = (ProcessingCode.PURCHASE_CLUB, ProcessingCode.PURCHASE_STORE_CREDIT,
@@ -146,7 +162,7 @@ async def drive(terminal: Terminal, index: int, port: int, deadline: float, stat
 
 
 async def run_switch_load(url: str, key_file: Path, terminals: int, seconds: float
-                          ) -> tuple[Stats, float, float]:
+                          ) -> tuple[Stats, float, float, float]:
     port = free_port()
     env = dict(os.environ, DATABASE_URL=url, LOYALTY_KEY_FILE=str(key_file),
                LOYALTY_LISTEN_PORT=str(port), LOYALTY_METRICS_PORT=str(free_port()),
@@ -164,16 +180,17 @@ async def run_switch_load(url: str, key_file: Path, terminals: int, seconds: flo
         finally:
             await conn.close()
         stats = Stats()
-        cpu0, t0 = cpu_seconds(proc.pid), time.perf_counter()
+        cpu0, pg0, t0 = cpu_seconds(proc.pid), postgres_cpu_seconds(), time.perf_counter()
         deadline = t0 + seconds
         await asyncio.gather(*(drive(t, i, port, deadline, stats)
                                for i, t in enumerate(terms)))
         elapsed = time.perf_counter() - t0
         cpu = cpu_seconds(proc.pid) - cpu0
+        pg_cpu = postgres_cpu_seconds() - pg0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return stats, elapsed, cpu
+    return stats, elapsed, cpu, pg_cpu
 
 
 def pgbench_tps(url: str, clients: int, seconds: float) -> float:
@@ -201,7 +218,7 @@ async def main_async(terminals: int, seconds: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         key_file = Path(tmp) / "keys.json"
         url = await prepare(admin_url, key_file, terminals)
-        stats, elapsed, cpu = await run_switch_load(url, key_file, terminals, seconds)
+        stats, elapsed, cpu, pg_cpu = await run_switch_load(url, key_file, terminals, seconds)
     tps = stats.completed / elapsed
     pg_tps = pgbench_tps(url, terminals, seconds)
     print(f"terminals: {terminals}, duration: {elapsed:.1f} s, server: {db_label(url)}")
@@ -209,7 +226,10 @@ async def main_async(terminals: int, seconds: float) -> None:
     print(f"switch: {tps:.1f} two-phase transactions/s")
     for name, values in (("request (0100)", stats.request_s), ("confirm (0220)", stats.confirm_s)):
         print(f"  {name}: p50 {percentile(values, 50):.1f} ms, p99 {percentile(values, 99):.1f} ms")
-    print(f"switch CPU: {cpu:.1f} s, {cpu / max(stats.completed, 1) * 1000:.2f} ms per transaction")
+    done = max(stats.completed, 1)
+    print(f"switch CPU: {cpu:.1f} s, {cpu / done * 1000:.2f} ms per transaction")
+    print(f"postgres CPU (local processes): {pg_cpu:.1f} s, {pg_cpu / done * 1000:.2f} ms per "
+          "transaction")
     print(f"pgbench -N, {terminals} clients: {pg_tps:.1f} tps")
     print(f"ratio switch/pgbench: {tps / pg_tps:.2f}")
 
