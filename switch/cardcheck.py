@@ -1,66 +1,29 @@
 """Card checks of a request, in the profile's order: Luhn, club or bank card, known card,
-status, expiry, and whether the card may be used at this merchant."""
+status, expiry, and whether the card may be used at this merchant.
+
+Only Luhn needs no database; it is computed here and the rest is checked, in that order,
+in the same database call that uses the card (`switch_club_card` and `switch_bank_card` in
+migrations/0007_request_functions.sql). A card is valid through the last day of its expiry
+month (`switch_expiry_passed`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from protocol.cardblock import CardData
-from switch import store
+from protocol.errors import SecurityError
 from switch.cards import luhn_is_valid
-from switch.context import Ctx
-from switch.declines import Decline, Declined
+from switch.store import CardArgs
 
 
-@dataclass(frozen=True, slots=True)
-class ClubCard:
-    record: store.CardRecord
-    pan_hash: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class BankCard:
-    pan_hash: bytes
-    rewards_card_id: int | None  # the linked member's club card, if any
-
-
-def expiry_passed(expiry_yymm: str, now: datetime) -> bool:
-    """A card is valid through the last day of its expiry month."""
-    return int(expiry_yymm) < (now.year % 100) * 100 + now.month
-
-
-async def club_card(ctx: Ctx, card: CardData) -> ClubCard:
-    """The active, unexpired club card of this network named by `card`, or a decline."""
-    if not luhn_is_valid(card.pan):
-        raise Declined(Decline.INVALID_CARD_NUMBER)
-    pan_hash = ctx.pan_hash(card.pan)
-    record = await store.club_card(ctx.conn, pan_hash)
-    if record is None:
-        is_club_bin = await ctx.conn.fetchval(
-            "SELECT 1 FROM store_network WHERE club_bin = $1", card.pan[:6])
-        raise Declined(Decline.INVALID_CARD_NUMBER if is_club_bin
-                       else Decline.NOT_PERMITTED_TO_CARD, "not a club card")
-    if record.status == "blocked":
-        raise Declined(Decline.RESTRICTED_CARD)
-    if record.status == "expired" or expiry_passed(record.expiry, ctx.now):
-        raise Declined(Decline.EXPIRED_CARD)
-    if card.expiry != record.expiry:
-        raise Declined(Decline.INVALID_CARD_NUMBER, "expiry does not match the card")
-    if ctx.terminal.merchant_network_id != record.network_id:
-        raise Declined(Decline.NOT_PERMITTED_TO_TERMINAL, "card of another network")
-    return ClubCard(record, pan_hash)
-
-
-async def bank_card(ctx: Ctx, card: CardData) -> BankCard:
-    """A Shetab card: Luhn, not one of our club cards, not expired."""
-    if not luhn_is_valid(card.pan):
-        raise Declined(Decline.INVALID_CARD_NUMBER)
-    is_club_bin = await ctx.conn.fetchval(
-        "SELECT 1 FROM store_network WHERE club_bin = $1", card.pan[:6])
-    if is_club_bin:
-        raise Declined(Decline.NOT_PERMITTED_TO_CARD, "a club card cannot pay over Shaparak")
-    if expiry_passed(card.expiry, ctx.now):
-        raise Declined(Decline.EXPIRED_CARD)
-    pan_hash = ctx.pan_hash(card.pan)
-    return BankCard(pan_hash, await store.linked_member_card(ctx.conn, pan_hash))
+def card_args(card: CardData | None, error: SecurityError | None, pan_hash: bytes
+              ) -> CardArgs | None:
+    """Field 62 as the database call takes it: None when the request has none; the error
+    kind when it did not decrypt (refused at its place in the check order). `pan_hash` is
+    the PAN's keyed hash (empty without a PAN: a sign-on carries the terminal ID only)."""
+    if error is not None:
+        return CardArgs(tid=None, error=error.kind, pan_hash=None, pan_bin=None, expiry=None,
+                        luhn_ok=None)
+    if card is None:
+        return None
+    return CardArgs(tid=card.tid, error=None, pan_hash=pan_hash or None, pan_bin=card.pan[:6],
+                    expiry=card.expiry, luhn_ok=luhn_is_valid(card.pan))

@@ -110,6 +110,12 @@ async def connect(url: str, settings: Settings) -> asyncpg.Connection:
         raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's default reset query (`RESET ALL`, `UNLISTEN *`, ...),
+    a round trip per request: pooled connections never change session state (no SET,
+    LISTEN, advisory lock or cursor). asyncpg still rolls back a transaction left open."""
+
+
 async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
     try:
         pool = await asyncpg.create_pool(
@@ -118,6 +124,7 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
             max_size=settings.db_pool_size_max,
             timeout=settings.db_connect_timeout_s,
             command_timeout=settings.db_statement_timeout_s,
+            reset=_keep_session,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise DatabaseUnavailableError(f"cannot connect to the database: {exc}") from exc

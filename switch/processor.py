@@ -1,18 +1,22 @@
-"""Processing one request: the security chain, idempotency, and the transaction around it.
+"""Processing one request: the security chain, idempotency, and the database call around it.
 
 Theory of operation. `handle` takes one frame body and returns one response body:
 1. decode (a malformed message: 30, unsigned, nothing read from the database);
-2. KSN → BDK and working keys; terminal registered and active; MAC (all: 63);
-3. in one database transaction, under a per-terminal lock that keeps a terminal's requests
-   in arrival order within this process:
-   a. claim the identity (terminal, STAN, field 7): a retransmission gets the stored
-      response; a different request under a used identity gets 94;
-   b. field 7 within `clock_skew_max_s` of our clock (97), KSN counter above the last
+2. KSN → BDK and working keys (63); MAC (63, after a read that tells an unknown or inactive
+   device, also 63, from a bad MAC); field 62 is decrypted and the request priced here,
+   without the database;
+3. one database call (`store.handle`, migrations/0007), in one implicit transaction, under a
+   per-terminal lock that keeps a terminal's requests in arrival order within this process:
+   a. the device is locked, and refused if unknown, inactive or its BDK retired (63);
+   b. the identity (terminal, STAN, field 7) is looked up: a retransmission gets the
+      stored outcome; a different request under a used identity gets 94;
+   c. field 7 within `clock_skew_max_s` of our clock (97), KSN counter above the last
       accepted (63, replay), field 62 decrypts (63), its TID is the terminal's (63);
-   c. the business step, in a savepoint: a `Declined` rolls back just that part;
-   d. the signed response is stored under the identity, then the transaction commits,
-      and only then is the response returned to be written to the socket.
-Refusals in 2 and 3b roll back everything and store nothing: they change nothing. A lost
+   d. the business step; an expected decline is decided before anything is written;
+   e. the outcome is stored under the identity, the call commits and returns it;
+4. the response is built from the request and the outcome alone (so a stored outcome
+   rebuilds the identical bytes), signed, and only then returned to be written.
+Refusals in 2 and 3a-c roll back everything and store nothing: they change nothing. A lost
 database answers 91 (safe to retry); deadlocks are retried `db_retries_max` times.
 """
 
@@ -38,10 +42,9 @@ from protocol.fields import FieldValueError, Mti, ResponseCode
 from protocol.layout import FIELD_CODECS
 from protocol.mac import compute_mac, verify_mac
 from protocol.spec import decode_fields
-from switch import ledger, metrics, phase1, phase2, store
+from switch import cardcheck, metrics, phase1, phase2, store
 from switch.config import Settings
-from switch.context import Ctx
-from switch.declines import Declined
+from switch.context import shaparak_rule
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +113,6 @@ def _decodable_echo(frame: bytes, cls: type[m.Message]) -> dict[str, Any]:
     return echoed
 
 
-class _Refused(Exception):  # noqa: N818  (control flow: roll back and answer this)
-    def __init__(self, response: bytes, kind: str) -> None:
-        self.response = response
-        self.kind = kind
-
-
 class KeyedLocks:
     """One FIFO lock per key, kept only while someone holds or waits for it."""
 
@@ -147,8 +144,49 @@ def sign(response: m.Response, keys: WorkingKeys | None) -> bytes:
                                                                 m.mac_input(raw)))
 
 
-def _refusal(request: m.Request, code: ResponseCode, keys: WorkingKeys | None) -> bytes:
-    return sign(m.response_to(request, code), keys)
+# A response as written to the socket, and its code (for the metrics).
+_Reply = tuple[bytes, ResponseCode]
+
+
+def _reply(response: m.Response, keys: WorkingKeys | None) -> _Reply:
+    return sign(response, keys), response.response_code
+
+
+def _refusal(request: m.Request, code: ResponseCode, keys: WorkingKeys | None) -> _Reply:
+    return _reply(m.response_to(request, code), keys)
+
+
+def _resolved(mmddhhmmss: str, now: datetime) -> datetime | None:
+    """`resolve_f7`, or None for a date that does not exist near `now` (the database call
+    answers that 30 at its place in the check order)."""
+    try:
+        return resolve_f7(mmddhhmmss, now)
+    except DecodeError:
+        return None
+
+
+# Refusals by the database call that are not security violations (63).
+_REFUSAL_CODES = {"time_window": ResponseCode.TIME_OUT_OF_WINDOW,
+                  "format_error": ResponseCode.FORMAT_ERROR}
+# How often one request may be priced again: each time the database saw another basis than
+# the call was priced on (first purchase of a device, a changed fee plan, a partial approval,
+# a refund). Three cover every case but a basis that keeps changing under load: 91.
+_PRICINGS_MAX = 3
+_FEE_PLANS_MAX = 100_000
+
+
+class _PriceUnsettled(Exception):  # noqa: N818  (answered 91: safe to retry)
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Call:
+    """The arguments of one `store.handle` call."""
+
+    request: store.RequestArgs
+    card: store.CardArgs | None
+    auth: store.AuthArgs | None
+    advice: store.AdviceArgs | None
 
 
 class Processor:
@@ -162,7 +200,11 @@ class Processor:
         self._pan_hash = pan_hash
         self._clock = clock
         self._terminal_locks = KeyedLocks()
-        self._accounts = ledger.AccountIds()
+        self._shaparak = shaparak_rule(settings)
+        self._skew = timedelta(seconds=settings.clock_skew_max_s)
+        # The fee plan the database last stated for each device (by initial key ID): a
+        # purchase is priced on it, and the database confirms it or states the new one.
+        self._fee_plans: dict[bytes, dict[str, Any]] = {}
 
     async def handle(self, frame: bytes, peer: object = None) -> bytes | None:
         started = time.perf_counter()
@@ -174,8 +216,7 @@ class Processor:
         if not isinstance(request, m.Request):
             metrics.FRAMES_REJECTED.labels("not_a_request").inc()
             return None
-        raw = await self._answer(request, frame)
-        code = cast(m.Response, m.decode(raw)).response_code
+        raw, code = await self._answer(request, frame)
         pc = getattr(request, "processing_code", None)
         metrics.MESSAGES.labels(request.MTI.value, pc.value if pc else "", code.value).inc()
         metrics.PHASE_LATENCY.labels(_PHASE[request.MTI]).observe(time.perf_counter() - started)
@@ -196,7 +237,7 @@ class Processor:
         except DecodeError:  # the echoed fields do not go together: echo none
             return m.encode(cls(response_code=ResponseCode.FORMAT_ERROR))
 
-    async def _answer(self, request: m.Request, frame: bytes) -> bytes:
+    async def _answer(self, request: m.Request, frame: bytes) -> _Reply:
         ksn = Ksn.from_bytes(request.ksn)
         try:
             keys = self._host_keys.working_keys(ksn)
@@ -204,10 +245,7 @@ class Processor:
             return self._security(request, exc.kind, None)
         try:
             return await self._answer_with_database(request, frame, ksn, keys)
-        except DecodeError as exc:  # a field that decodes but means nothing (30 February)
-            log.info("format error: %s", exc)
-            return _refusal(request, ResponseCode.FORMAT_ERROR, keys)
-        except (*_DB_LOST, *_DB_RETRY) as exc:
+        except (*_DB_LOST, *_DB_RETRY, _PriceUnsettled) as exc:
             log.warning("database unavailable: %s", type(exc).__name__)
             metrics.DB_ERRORS.inc()
             return _refusal(request, ResponseCode.SWITCH_UNAVAILABLE, keys)
@@ -217,44 +255,44 @@ class Processor:
             log.exception("database refused a write")
             return _refusal(request, ResponseCode.SYSTEM_MALFUNCTION, keys)
 
-    def _security(self, request: m.Request, kind: str, keys: WorkingKeys | None) -> bytes:
+    def _security(self, request: m.Request, kind: str, keys: WorkingKeys | None) -> _Reply:
         metrics.SECURITY_FAILURES.labels(kind).inc()
         log.info("security violation: %s", kind)
         return _refusal(request, ResponseCode.SECURITY_VIOLATION, keys)
 
+    async def _bad_mac(self, request: m.Request, ksn: Ksn, keys: WorkingKeys) -> _Reply:
+        """63 either way; a read tells an unknown or inactive device (checked first in the
+        profile's order) from a bad MAC, for the metrics and the log."""
+        async with self._pool.acquire(timeout=self._settings.db_connect_timeout_s) as conn:
+            active = await store.device_is_active(cast(asyncpg.Connection, conn),
+                                                  ksn.initial_key_id)
+        return self._security(request, "bad_mac" if active else "unknown_device", keys)
+
     async def _answer_with_database(self, request: m.Request, frame: bytes, ksn: Ksn,
-                                    keys: WorkingKeys) -> bytes:
+                                    keys: WorkingKeys) -> _Reply:
+        if not verify_mac(keys.mac_request, m.mac_input(frame), request.mac):
+            return await self._bad_mac(request, ksn, keys)
+        card, card_error = self._decrypt(request, keys)
+        pan_hash = self._pan_hash(card.pan) if card and card.pan else b""
+        digest = request_digest(request, card, pan_hash)
         timeout = self._settings.db_connect_timeout_s
         # One device per initial key ID: its requests queue here, in arrival order, before
         # they take a pool connection, so a burst from one terminal cannot drain the pool.
         async with self._terminal_locks.hold(ksn.initial_key_id), \
                 self._pool.acquire(timeout=timeout) as proxy:
-            conn = cast(asyncpg.Connection, proxy)
-            terminal = await store.terminal_by_initial_key_id(conn, ksn.initial_key_id)
-            if terminal is None or terminal.status != "active":
-                return self._security(request, "unknown_device", keys)
-            if not verify_mac(keys.mac_request, m.mac_input(frame), request.mac):
-                return self._security(request, "bad_mac", keys)
-            card, card_error = self._decrypt(request, keys)
-            return await self._transact_with_retries(conn, request, terminal, ksn, keys,
-                                                     card, card_error)
-
-    async def _transact_with_retries(
-        self, conn: asyncpg.Connection, request: m.Request, terminal: store.TerminalRecord,
-        ksn: Ksn, keys: WorkingKeys, card: CardData | None, card_error: SecurityError | None,
-    ) -> bytes:
-        for attempt in range(self._settings.db_retries_max + 1):
+            call = self._call(request, ksn, card, card_error, pan_hash, digest)
             try:
-                return await self._transact(conn, request, terminal, ksn, keys, card,
-                                            card_error)
-            except _Refused as refused:
-                if refused.kind:
-                    self._security(request, refused.kind, None)
-                return refused.response
-            except _DB_RETRY:
-                if attempt == self._settings.db_retries_max:
-                    raise
-        raise AssertionError("unreachable")
+                answer = await self._call_with_retries(cast(asyncpg.Connection, proxy),
+                                                       request, ksn, call)
+            except store.Refused as refused:
+                return self._refused(request, refused.reason, keys)
+        if answer.stored:
+            return self._replay(request, answer, keys, digest)
+        assert answer.outcome is not None
+        decline = answer.outcome.decline
+        if decline is not None:
+            log.info("declined: %s", decline.name)
+        return _reply(self._build(request, answer.outcome), keys)
 
     def _decrypt(self, request: m.Request, keys: WorkingKeys
                  ) -> tuple[CardData | None, SecurityError | None]:
@@ -267,80 +305,80 @@ class Processor:
         except SecurityError as exc:
             return None, exc
 
-    async def _transact(self, conn: asyncpg.Connection, request: m.Request,
-                        terminal: store.TerminalRecord, ksn: Ksn, keys: WorkingKeys,
-                        card: CardData | None, card_error: SecurityError | None) -> bytes:
+    def _call(self, request: m.Request, ksn: Ksn, card: CardData | None,
+              card_error: SecurityError | None, pan_hash: bytes, digest: bytes) -> _Call:
         now = self._clock()
-        identity = store.Identity(terminal.terminal_id, request.stan,
-                                  resolve_f7(request.transmission_time, now))
-        pan_hash = self._pan_hash(card.pan) if card and card.pan else b""
-        digest = request_digest(request, card, pan_hash)
-        async with conn.transaction():
-            stored = await store.claim(conn, identity, request.MTI.value, digest, request.ksn)
-            if stored is not None:
-                return self._replay(request, stored, keys, digest)
-            self._refuse_unless_fresh(request, identity, now, keys)
-            if isinstance(request, m.AuthRequest) and \
-                    await store.reversal_remembered(conn, identity):
-                # The original of an earlier reversal, arriving late: its counter is below
-                # the reversal's, so it must be recognised before the replay check.
-                raw = sign(m.response_to(request, ResponseCode.INVALID_TRANSACTION), keys)
-                await store.record_response(conn, identity, raw,
-                                            ResponseCode.INVALID_TRANSACTION.value, None)
-                return raw
-            if not await store.advance_counter(conn, terminal.terminal_id, ksn.counter):
-                raise _Refused(_refusal(request, ResponseCode.SECURITY_VIOLATION, keys),
-                               "replay")
-            if card_error is not None:
-                raise _Refused(_refusal(request, ResponseCode.SECURITY_VIOLATION, keys),
-                               card_error.kind)
-            if card is not None and card.tid != terminal.tid:
-                raise _Refused(_refusal(request, ResponseCode.SECURITY_VIOLATION, keys),
-                               "tid_mismatch")
-            ctx = Ctx(conn, self._settings, terminal, identity, now, self._pan_hash,
-                      self._accounts)
-            response, txn_id = await self._business(ctx, request, card)
-            raw = sign(response, keys)
-            await store.record_response(conn, identity, raw, response.response_code.value,
-                                        txn_id)
-        self._accounts.add_committed(ctx.used_accounts)
-        return raw
+        transmitted_at = _resolved(request.transmission_time, now)
+        args = store.RequestArgs(
+            bdk_id=ksn.bdk_id.hex().upper(), derivation_id=ksn.derivation_id.hex().upper(),
+            mti=request.MTI.value, stan=request.stan,
+            transmission_f7=request.transmission_time, transmitted_at=transmitted_at,
+            digest=digest, ksn=request.ksn, ksn_counter=ksn.counter,
+            fresh=transmitted_at is not None and abs(transmitted_at - now) <= self._skew,
+            now=now, hold_timeout_s=self._settings.hold_timeout_s)
+        auth = advice = None
+        if isinstance(request, m.AuthRequest):
+            auth = phase1.auth_args(request, self._shaparak,
+                                    self._fee_plans.get(ksn.initial_key_id))
+        elif isinstance(request, (m.ConfirmAdvice, m.ReversalAdvice)):
+            advice = phase2.advice_args(
+                request, _resolved(request.original.transmission_time, now))
+        return _Call(args, cardcheck.card_args(card, card_error, pan_hash), auth, advice)
 
-    def _refuse_unless_fresh(self, request: m.Request, identity: store.Identity,
-                             now: datetime, keys: WorkingKeys) -> None:
-        skew = timedelta(seconds=self._settings.clock_skew_max_s)
-        if abs(identity.transmitted_at - now) > skew:
-            raise _Refused(_refusal(request, ResponseCode.TIME_OUT_OF_WINDOW, keys), "")
+    async def _call_with_retries(self, conn: asyncpg.Connection, request: m.Request,
+                                 ksn: Ksn, call: _Call) -> store.Answer:
+        retries = pricings = 0
+        while True:
+            try:
+                return await store.handle(conn, call.request, call.card, call.auth,
+                                          call.advice)
+            except store.PriceAgain as again:
+                pricings += 1
+                if pricings > _PRICINGS_MAX:
+                    raise _PriceUnsettled from None
+                assert isinstance(request, m.AuthRequest) and call.auth is not None
+                if call.auth.kind in phase1.PURCHASES:
+                    self._remember_fee_plan(ksn.initial_key_id, again.basis)
+                call = dataclasses.replace(call, auth=phase1.auth_args(
+                    request, self._shaparak, None, again.basis))
+            except _DB_RETRY:
+                retries += 1
+                if retries > self._settings.db_retries_max:
+                    raise
 
-    def _replay(self, request: m.Request, stored: store.StoredResponse, keys: WorkingKeys,
-                digest: bytes) -> bytes:
+    def _remember_fee_plan(self, initial_key_id: bytes, basis: dict[str, Any]) -> None:
+        if len(self._fee_plans) >= _FEE_PLANS_MAX:
+            self._fee_plans.clear()  # rare; cheaper than LRU bookkeeping on every hit
+        self._fee_plans[initial_key_id] = {k: basis[k] for k in phase1.FEE_PLAN_KEYS}
+
+    def _refused(self, request: m.Request, reason: str, keys: WorkingKeys) -> _Reply:
+        code = _REFUSAL_CODES.get(reason)
+        if code is None:
+            return self._security(request, reason, keys)
+        log.info("refused: %s", reason)
+        return _refusal(request, code, keys)
+
+    @staticmethod
+    def _build(request: m.Request, outcome: store.Outcome) -> m.Response:
+        """The response to `request` given its outcome: a pure function of the two."""
+        if isinstance(request, m.AuthRequest):
+            return phase1.respond(request, outcome)
+        if isinstance(request, m.ConfirmAdvice):
+            return phase2.confirm_response(request, outcome)
+        if isinstance(request, m.ReversalAdvice):
+            return phase2.reversal_response(request, outcome)
+        return m.response_to(request, outcome.response_code)
+
+    def _replay(self, request: m.Request, stored: store.Answer, keys: WorkingKeys,
+                digest: bytes) -> _Reply:
         if stored.digest != digest:
             return _refusal(request, ResponseCode.DUPLICATE_TRANSMISSION, keys)
-        if stored.ksn == request.ksn:
-            return stored.response
-        # The same request re-sent under a new KSN: the same answer, signed for that KSN.
+        if stored.outcome is not None:
+            # The same answer rebuilt: byte for byte under the same KSN (the response echoes
+            # only fields the digest covers, and the KSN), signed for its own KSN otherwise.
+            return _reply(self._build(request, stored.outcome), keys)
+        assert stored.response is not None  # stored as bytes, before migration 0007
         previous = cast(m.Response, m.decode(stored.response))
-        return sign(dataclasses.replace(previous, ksn=request.ksn), keys)
-
-    async def _business(self, ctx: Ctx, request: m.Request, card: CardData | None
-                        ) -> tuple[m.Response, int | None]:
-        try:
-            async with ctx.conn.transaction():  # a savepoint: a decline undoes this part only
-                return await self._dispatch(ctx, request, card)
-        except Declined as declined:
-            log.info("declined: %s", declined)
-            ctx.used_accounts.clear()  # the savepoint may have undone an account it created
-            return m.response_to(request, declined.reason.response_code), None
-
-    async def _dispatch(self, ctx: Ctx, request: m.Request, card: CardData | None
-                        ) -> tuple[m.Response, int | None]:
-        if isinstance(request, m.NetworkRequest):
-            return m.response_to(request, ResponseCode.APPROVED), None
-        if isinstance(request, m.AuthRequest):
-            assert card is not None
-            return await phase1.authorize(ctx, request, card)
-        original = store.Identity(ctx.terminal.terminal_id, request.original.stan,
-                                  resolve_f7(request.original.transmission_time, ctx.now))
-        if isinstance(request, m.ConfirmAdvice):
-            return await phase2.confirm(ctx, request, original)
-        return await phase2.reverse(ctx, request, original)
+        if stored.ksn == request.ksn:
+            return stored.response, previous.response_code
+        return _reply(dataclasses.replace(previous, ksn=request.ksn), keys)

@@ -3,7 +3,8 @@ are voided and their holds released, by a background task that also runs at star
 
 Several switch processes may sweep at once: rows are claimed with FOR UPDATE SKIP LOCKED,
 so each expired transaction is voided by exactly one of them, and a confirm racing the
-sweeper waits for the row lock and then sees VOIDED (68).
+sweeper waits for the row lock and then sees VOIDED (68). A batch is one database call
+(`switch_sweep`, migrations/0007_request_functions.sql), in its own transaction.
 """
 
 from __future__ import annotations
@@ -16,23 +17,16 @@ from datetime import datetime
 
 import asyncpg
 
-from switch import metrics, phase2, store
+from switch import metrics, store
 
 log = logging.getLogger(__name__)
 
 
 async def sweep_once(conn: asyncpg.Connection, now: datetime, batch_max: int) -> int:
     """Void up to `batch_max` expired transactions in one database transaction."""
-    async with conn.transaction():
-        ids = [r[0] for r in await conn.fetch(
-            """SELECT id FROM txn WHERE state = 'PENDING' AND hold_expires_at <= $1
-               ORDER BY hold_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED""", now, batch_max)]
-        for txn_id in ids:
-            txn = await store.txn_by_id(conn, txn_id)
-            assert txn is not None
-            await phase2.expire(conn, txn, now)
-    metrics.HOLDS_EXPIRED.inc(len(ids))
-    return len(ids)
+    swept = await store.sweep(conn, now, batch_max)
+    metrics.HOLDS_EXPIRED.inc(swept)
+    return swept
 
 
 async def sweep_all(pool: asyncpg.Pool, now: datetime, batch_max: int) -> int:
