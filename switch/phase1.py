@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 from protocol.fields import AccountType, AmountType, ProcessingCode, ResponseCode
@@ -79,7 +79,15 @@ def auth_args(req: AuthRequest, shaparak: ShaparakFeeRule, fee_plan: Mapping[str
         original_rrn=data.original_rrn if data else None, refund_of=_REFUND_OF.get(pc),
         bank_window=SHAPARAK_CONFIRM_WINDOW,
         basis=None if basis is None else json.dumps(basis),
-        quote=None if quote is None else json.dumps(quote.to_json()))
+        quote=None if quote is None else _quote_json(quote))
+
+
+_QUOTE_FIELDS = tuple(f.name for f in fields(Quote))
+
+
+def _quote_json(q: Quote) -> str:
+    """Quote.to_json as JSON text, without dataclasses.asdict's deep copy (10 us a call)."""
+    return json.dumps({name: getattr(q, name) for name in _QUOTE_FIELDS})
 
 
 # The 0110, built from the request and the outcome alone.

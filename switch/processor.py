@@ -74,11 +74,12 @@ def utc_now() -> datetime:
 def resolve_f7(mmddhhmmss: str, now: datetime) -> datetime:
     """Field 7 has no year: take the instant nearest to `now` (the year before, this year or
     the next), so a request sent just before New Year's midnight resolves right."""
+    # Decoding has checked the digits make a possible MMDDhhmmss (strptime costs 7 us).
+    month, day, hour, minute, second = (int(mmddhhmmss[i:i + 2]) for i in range(0, 10, 2))
     candidates = []
     for year in (now.year - 1, now.year, now.year + 1):
         with contextlib.suppress(ValueError):  # 29 February in a common year
-            candidates.append(datetime.strptime(f"{year}{mmddhhmmss}", "%Y%m%d%H%M%S")
-                              .replace(tzinfo=UTC))
+            candidates.append(datetime(year, month, day, hour, minute, second, tzinfo=UTC))
     if not candidates:
         raise DecodeError("transmission time is not a real date", field=7)
     return min(candidates, key=lambda c: abs(c - now))
@@ -88,10 +89,15 @@ def request_digest(request: m.Request, card: CardData | None, pan_hash: bytes) -
     """What makes two requests under one identity the same request: every field but the
     KSN, the MAC and the ciphertext (which change when a terminal re-sends with a new key),
     plus the card inside the ciphertext, by its keyed hash."""
-    content = [(f.name, getattr(request, f.name)) for f in dataclasses.fields(request)
-               if f.name not in ("ksn", "mac", "card_data")]
+    content = [(name, getattr(request, name)) for name in _DIGESTED_FIELDS[type(request)]]
     card_part = b"" if card is None else card.tid.encode() + pan_hash + card.expiry.encode()
     return hashlib.sha256(repr((request.MTI.value, content)).encode() + card_part).digest()
+
+
+_DIGESTED_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)
+                                if f.name not in ("ksn", "mac", "card_data"))
+                    for cls in (m.NetworkRequest, m.AuthRequest, m.ConfirmAdvice,
+                                m.ReversalAdvice)}
 
 
 _ECHO_FIELDS = (3, 4, 7, 11, 37, 53, 70)
