@@ -1,8 +1,9 @@
 """Expected declines: each a typed reason with exactly one response code, from one table.
 
-Processing raises `Declined(reason)` where a rule refuses a request; the processor turns it
-into a response with `reason.response_code`. Security refusals (63) and format errors (30)
-are not here: they come from `protocol.errors` and change nothing, not even the request log.
+The request functions in the database decide a decline before writing anything and return
+its name; the processor looks it up here for the response code (a test checks the database's
+table of names equals this one). Security refusals (63) and format errors (30) are not here:
+they come from `protocol.errors` and change nothing, not even the request log.
 """
 
 from __future__ import annotations
@@ -32,10 +33,3 @@ class Decline(enum.Enum):
     def response_code(self) -> ResponseCode:
         return self.value
 
-
-class Declined(Exception):  # noqa: N818  (a decline is an outcome, not an error)
-    """A rule refused the request; the business part of its transaction is rolled back."""
-
-    def __init__(self, reason: Decline, detail: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason.name}: {detail}" if detail else reason.name)

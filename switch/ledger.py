@@ -154,25 +154,6 @@ class Result:
         return self.status is Status.OK
 
 
-class AccountIds:
-    """Account ids by key, for one database. Only ids known to be committed go in: a caller
-    collects the ids its transaction used and adds them after the commit (an id read inside
-    a transaction may be that transaction's own insert, gone if it rolls back). Accounts are
-    never deleted, so an entry never goes stale."""
-
-    def __init__(self, size_max: int = 100_000) -> None:
-        self._ids: dict[str, int] = {}
-        self._size_max = size_max
-
-    def get(self, key: str) -> int | None:
-        return self._ids.get(key)
-
-    def add_committed(self, ids: dict[str, int]) -> None:
-        if len(self._ids) + len(ids) > self._size_max:
-            self._ids.clear()  # rare; cheaper than LRU bookkeeping on every hit
-        self._ids.update(ids)
-
-
 async def account_id(conn: asyncpg.Connection, spec: AccountSpec) -> int:
     """The id of the account `spec` names, created on first use."""
     found: int | None = await conn.fetchval(
@@ -266,38 +247,3 @@ def _result(row: asyncpg.Record | None) -> Result:
     assert row is not None
     return Result(Status(row["status"]), row["transfer_id"])
 
-
-async def pending_holds(conn: asyncpg.Connection, ref: str) -> list[int]:
-    """Ids of the still-pending holds carrying `ref`, oldest first."""
-    rows = await conn.fetch(
-        """SELECT id FROM ledger_transfer WHERE ref = $1 AND kind = 'pending'
-           AND status = 'pending' ORDER BY id""", ref)
-    return [r[0] for r in rows]
-
-
-async def posted_holds(conn: asyncpg.Connection, ref: str) -> list[tuple[int, int]]:
-    """(debit account id, amount) of each posted hold carrying `ref`, oldest first."""
-    rows = await conn.fetch(
-        """SELECT e.account_id, r.amount FROM ledger_transfer p
-           JOIN ledger_transfer r ON r.pending_id = p.id AND r.kind = 'post'
-           JOIN ledger_entry e ON e.transfer_id = p.id AND e.amount > 0
-           WHERE p.ref = $1 AND p.kind = 'pending' ORDER BY p.id""", ref)
-    return [(r[0], r[1]) for r in rows]
-
-
-async def mirror(conn: asyncpg.Connection, ref: str, code: str) -> Status:
-    """Post the exact opposite of everything posted under `ref` (a reversal after confirm).
-    The mirror carries the same ref, so the net under `ref` becomes zero and a second call
-    does nothing. EXCEEDS_CREDITS if a card has already spent what must be taken back."""
-    rows = await conn.fetch(
-        """SELECT t.unit, e.account_id, -sum(e.amount) AS amount
-           FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id
-           WHERE t.ref = $1 AND t.kind IN ('single', 'post')
-           GROUP BY t.unit, e.account_id HAVING sum(e.amount) <> 0
-           ORDER BY t.unit, e.account_id""", ref)
-    for unit in sorted({r["unit"] for r in rows}):
-        entries = [(r["account_id"], r["amount"]) for r in rows if r["unit"] == unit]
-        result = await transfer(conn, Unit(unit), code, entries, ref)
-        if not result.ok:
-            return result.status
-    return Status.OK
