@@ -14,7 +14,7 @@ from typing import Any
 
 import uvloop
 
-from switch import cli_admin, cli_db
+from switch import cli_admin, cli_db, logs
 from switch.cli_context import CommandError, Context
 from switch.config import ConfigError, load_settings
 from switch.db import DatabaseUnavailableError
@@ -59,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"loyalty: bad configuration: {exc}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_level)
     handler: Handler = args.handler
     try:
         return uvloop.run(handler(Context(settings), args))

@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,6 +47,11 @@ class Settings(BaseModel):
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
 
+    # Operations: log level (JSON lines on stderr); the pending-holds gauge counts at most
+    # this many rows per refresh, so a huge backlog cannot make the count expensive.
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_holds_pending_max: int = Field(default=100_000, ge=1, le=10_000_000)
+
     # Limits (each enforced and tested at its bound by the switch).
     frame_bytes_max: int = Field(default=2048, ge=64, le=2048)
     connections_max: int = Field(default=1024, ge=1, le=100_000)
@@ -77,6 +82,11 @@ class Settings(BaseModel):
         if not value.startswith(("postgres://", "postgresql://")):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("db_pool_size_max")
     @classmethod

@@ -251,8 +251,8 @@ class Connection:
     def _handler_failed(self, exc: Exception) -> None:
         # Type and stack only: an exception message may quote the payload.
         stack = "".join(traceback.format_tb(exc.__traceback__))
-        log.error("handler failed with %s on %s; closing\n%s", type(exc).__qualname__,
-                  self.peer, stack)
+        log.error("handler_failed", extra={"error": type(exc).__qualname__,
+                                           "peer": str(self.peer), "stack": stack})
         self._close("handler_error")
 
     # Closing.
@@ -266,7 +266,7 @@ class Connection:
         self._closed = True
         if reason is not None:
             CONNECTIONS_CLOSED.labels(reason).inc()
-            log.info("closing %s: %s", self.peer, reason)
+            log.info("connection_closed", extra={"peer": str(self.peer), "reason": reason})
         if abort:
             self._writer.transport.abort()
         else:

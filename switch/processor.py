@@ -35,7 +35,7 @@ from typing import Any, cast
 import asyncpg
 
 from protocol import messages as m
-from protocol.cardblock import CardData, decrypt_card_data
+from protocol.cardblock import CardData, decrypt_card_data, mask_pan
 from protocol.dukpt import HostKeys, Ksn, WorkingKeys
 from protocol.errors import DecodeError, SecurityError
 from protocol.fields import FieldValueError, Mti, ResponseCode
@@ -217,26 +217,34 @@ class Processor:
         try:
             request = m.decode(frame)
         except DecodeError as exc:
-            log.info("format error: %s", exc)
+            log.info("format_error", extra={"reason": exc.reason, "field": exc.field})
             return self._format_error(frame)
         if not isinstance(request, m.Request):
             metrics.FRAMES_REJECTED.labels("not_a_request").inc()
             return None
         raw, code = await self._answer(request, frame)
         pc = getattr(request, "processing_code", None)
-        metrics.MESSAGES.labels(request.MTI.value, pc.value if pc else "", code.value).inc()
-        metrics.PHASE_LATENCY.labels(_PHASE[request.MTI]).observe(time.perf_counter() - started)
+        metrics.count_message(request.MTI.value, pc.value if pc else "", code.value)
+        duration_s = time.perf_counter() - started
+        metrics.observe_latency(_PHASE[request.MTI], duration_s)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request_answered", extra={
+                "mti": request.MTI.value, "processing_code": pc.value if pc else None,
+                "response_code": code.value, "stan": request.stan,
+                "duration_ms": round(duration_s * 1000, 3)})
         return raw
 
     def _format_error(self, frame: bytes) -> bytes | None:
         """A `30` of the request's response type, echoing the fields that did decode (so a
         pipelining terminal can still match it); nothing when even the MTI is unreadable."""
         try:
-            cls = _RESPONSE_FOR[Mti(frame[:4].decode("ascii"))]
+            mti = Mti(frame[:4].decode("ascii"))
+            cls = _RESPONSE_FOR[mti]
         except (ValueError, KeyError, UnicodeDecodeError):
             metrics.FRAMES_REJECTED.labels("undecodable").inc()
             return None
-        metrics.MESSAGES.labels(cls.MTI.value, "", ResponseCode.FORMAT_ERROR.value).inc()
+        # Counted under the request's MTI, as every other answer is.
+        metrics.count_message(mti.value, "", ResponseCode.FORMAT_ERROR.value)
         try:
             return m.encode(cls(response_code=ResponseCode.FORMAT_ERROR,
                                 **_decodable_echo(frame, cls)))
@@ -252,18 +260,23 @@ class Processor:
         try:
             return await self._answer_with_database(request, frame, ksn, keys)
         except (*_DB_LOST, *_DB_RETRY, _PriceUnsettled) as exc:
-            log.warning("database unavailable: %s", type(exc).__name__)
-            metrics.DB_ERRORS.inc()
+            kind = ("retries_exhausted" if isinstance(exc, _DB_RETRY) else
+                    "price_unsettled" if isinstance(exc, _PriceUnsettled) else "unavailable")
+            log.warning("database_error", extra={"kind": kind, "error": type(exc).__name__,
+                                                 "stan": request.stan})
+            metrics.count_db_error(kind)
             return _refusal(request, ResponseCode.SWITCH_UNAVAILABLE, keys)
         except asyncpg.PostgresError:
             # A constraint refused a write the code thought valid: a bug, and the database
             # kept its invariants. Answer 96 and keep serving the other requests.
-            log.exception("database refused a write")
+            log.exception("database_refused_write", extra={"stan": request.stan})
+            metrics.count_db_error("refused_write")
             return _refusal(request, ResponseCode.SYSTEM_MALFUNCTION, keys)
 
     def _security(self, request: m.Request, kind: str, keys: WorkingKeys | None) -> _Reply:
-        metrics.SECURITY_FAILURES.labels(kind).inc()
-        log.info("security violation: %s", kind)
+        metrics.count_security_failure(kind)
+        log.info("security_failure", extra={"kind": kind, "mti": request.MTI.value,
+                                            "stan": request.stan})
         return _refusal(request, ResponseCode.SECURITY_VIOLATION, keys)
 
     async def _bad_mac(self, request: m.Request, ksn: Ksn, keys: WorkingKeys) -> _Reply:
@@ -285,7 +298,7 @@ class Processor:
         # One device per initial key ID: its requests queue here, in arrival order, before
         # they take a pool connection, so a burst from one terminal cannot drain the pool.
         async with self._terminal_locks.hold(ksn.initial_key_id), \
-                self._pool.acquire(timeout=timeout) as proxy:
+                metrics.pool_connection(self._pool, timeout) as proxy:
             call = self._call(request, ksn, card, card_error, pan_hash, digest)
             try:
                 answer = await self._call_with_retries(cast(asyncpg.Connection, proxy),
@@ -297,7 +310,10 @@ class Processor:
         assert answer.outcome is not None
         decline = answer.outcome.decline
         if decline is not None:
-            log.info("declined: %s", decline.name)
+            log.info("request_declined", extra={
+                "reason": decline.name, "mti": request.MTI.value, "stan": request.stan,
+                "rrn": answer.outcome.rrn,
+                "pan": mask_pan(card.pan) if card and card.pan else None})
         return _reply(self._build(request, answer.outcome), keys)
 
     def _decrypt(self, request: m.Request, keys: WorkingKeys
@@ -361,7 +377,7 @@ class Processor:
         code = _REFUSAL_CODES.get(reason)
         if code is None:
             return self._security(request, reason, keys)
-        log.info("refused: %s", reason)
+        log.info("request_refused", extra={"reason": reason, "stan": request.stan})
         return _refusal(request, code, keys)
 
     @staticmethod

@@ -80,8 +80,8 @@ class Server:
         # With a name resolving to several addresses and port 0 each socket gets its own
         # port; the first one is reported.
         self.port = self._listener.sockets[0].getsockname()[1]
-        log.info("listening on %s:%d%s", settings.listen_host, self.port,
-                 " (TLS)" if tls else "")
+        log.info("listening", extra={"host": settings.listen_host, "port": self.port,
+                                     "tls": tls is not None})
 
     async def serve_forever(self) -> None:
         """Return once `shutdown` has finished (from a signal handler or another task)."""
@@ -93,7 +93,7 @@ class Server:
             await self._stopped.wait()
             return
         self._closing = True
-        log.info("shutting down: %d connections open", len(self._connections))
+        log.info("shutting_down", extra={"connections": len(self._connections)})
         if self._listener is not None:
             self._listener.close()
         for conn in self._connections:
@@ -102,7 +102,7 @@ class Server:
         if self._listener is not None:
             await self._listener.wait_closed()
         self._stopped.set()
-        log.info("shut down")
+        log.info("shut_down")
 
     def request_shutdown(self) -> None:
         """Start `shutdown` from synchronous code such as a signal handler."""
@@ -116,8 +116,8 @@ class Server:
         _, late = await asyncio.wait(tasks, timeout=self._settings.shutdown_grace_s)
         if not late:
             return
-        log.warning("%d connections still busy after %.1f s; aborting them", len(late),
-                    self._settings.shutdown_grace_s)
+        log.warning("connections_aborted", extra={
+            "connections": len(late), "grace_s": self._settings.shutdown_grace_s})
         for conn, task in list(self._connections.items()):
             if task in late:
                 conn.abort()
@@ -132,7 +132,8 @@ class Server:
         refusal = self._refusal(host)
         if refusal is not None:
             CONNECTIONS_REJECTED.labels(refusal).inc()
-            log.debug("refused %s:%d: %s", host, peername[1], refusal)
+            log.debug("connection_refused", extra={"peer": f"{host}:{peername[1]}",
+                                                   "reason": refusal})
             writer.transport.abort()
             return
         peer = Peer(host, peername[1], next(self._ids))
@@ -144,7 +145,7 @@ class Server:
         # Registered before anyone else can await the task, so this runs first: once an
         # awaiter of the task resumes, the connection is already forgotten.
         task.add_done_callback(lambda done: self._forget(conn, done))
-        log.debug("accepted %s", peer)
+        log.debug("connection_accepted", extra={"peer": str(peer)})
 
     def _refusal(self, host: str) -> str | None:
         if self._closing:
@@ -162,7 +163,8 @@ class Server:
             del self._per_host[conn.peer.host]
         CONNECTIONS_OPEN.dec()
         if not task.cancelled() and task.exception() is not None:
-            log.error("connection %s failed", conn.peer, exc_info=task.exception())
+            log.error("connection_failed", extra={"peer": str(conn.peer)},
+                      exc_info=task.exception())
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

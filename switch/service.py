@@ -13,12 +13,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import asyncpg
 import prometheus_client
 
 from protocol.dukpt import HostKeys
-from switch import db, keys, migrate
+from switch import db, keys, metrics, migrate
 from switch.config import Settings
 from switch.processor import Clock, Processor, utc_now
 from switch.server import Server, install_signal_handlers
@@ -37,11 +38,18 @@ class Switch:
     pool: asyncpg.Pool | None = field(default=None, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _sweeper: asyncio.Task[None] | None = field(default=None, init=False)
+    _metrics_server: WSGIServer | None = field(default=None, init=False)
 
     @property
     def port(self) -> int:
         assert self.server is not None
         return self.server.port
+
+    @property
+    def metrics_port(self) -> int:
+        """The bound metrics port (`metrics_port` may be 0); only with `serve_metrics`."""
+        assert self._metrics_server is not None
+        return self._metrics_server.server_port
 
     async def start(self) -> None:
         settings = self.settings
@@ -53,18 +61,21 @@ class Switch:
             await conn.close()
         store = keys.load(settings.key_file)
         self.pool = await db.create_pool(url, settings)
+        metrics.watch_pool(self.pool)
         swept = await sweep_all(self.pool, self.clock(), settings.hold_sweep_batch_max)
         if swept:
-            log.info("released %d hold(s) that expired while the switch was down", swept)
+            log.info("holds_expired_while_down", extra={"count": swept})
         processor = Processor(self.pool, settings, HostKeys(store.bdks_by_raw_id()),
                               store.pan_hash, self.clock)
         self.server = Server(settings, processor)
         await self.server.start()
         self._sweeper = asyncio.create_task(run_sweeper(
             self.pool, self.clock, settings.hold_sweep_interval_s,
-            settings.hold_sweep_batch_max, self._stop), name="hold-sweeper")
+            settings.hold_sweep_batch_max, settings.metrics_holds_pending_max, self._stop),
+            name="hold-sweeper")
         if self.serve_metrics:
-            prometheus_client.start_http_server(settings.metrics_port, settings.metrics_host)
+            self._metrics_server, _ = prometheus_client.start_http_server(
+                settings.metrics_port, settings.metrics_host)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -73,7 +84,13 @@ class Switch:
         if self._sweeper is not None:
             await self._sweeper
         if self.pool is not None:
+            metrics.watch_pool(None)
             await self.pool.close()
+        if self._metrics_server is not None:
+            # `shutdown` waits for the serving thread's next poll (up to half a second).
+            await asyncio.to_thread(self._metrics_server.shutdown)
+            self._metrics_server.server_close()
+            self._metrics_server = None
 
     async def serve_until_signalled(self) -> None:
         assert self.server is not None

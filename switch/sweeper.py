@@ -5,6 +5,10 @@ Several switch processes may sweep at once: rows are claimed with FOR UPDATE SKI
 so each expired transaction is voided by exactly one of them, and a confirm racing the
 sweeper waits for the row lock and then sees VOIDED (68). A batch is one database call
 (`switch_sweep`, migrations/0007_request_functions.sql), in its own transaction.
+
+Each round (`tick`) also counts the holds still pending, at most `pending_max` rows (the
+partial index on PENDING makes that an index-only count), for the `loyalty_holds_pending`
+gauge, and sets `loyalty_db_up`: the sweeper is the switch's periodic database probe.
 """
 
 from __future__ import annotations
@@ -40,16 +44,43 @@ async def sweep_all(pool: asyncpg.Pool, now: datetime, batch_max: int) -> int:
             return total
 
 
+async def count_pending(conn: asyncpg.Connection, pending_max: int) -> int:
+    """PENDING transactions (those holding funds or awaiting a confirm), at most
+    `pending_max`."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM (SELECT 1 FROM txn WHERE state = 'PENDING' LIMIT $1) p",
+        pending_max)
+    return count
+
+
+async def tick(pool: asyncpg.Pool, now: datetime, batch_max: int, pending_max: int) -> int:
+    """One round: expire what is due, then refresh the pending-holds and database gauges."""
+    swept = await sweep_all(pool, now, batch_max)
+    async with pool.acquire() as conn:
+        metrics.HOLDS_PENDING.set(await count_pending(conn, pending_max))  # type: ignore[arg-type]
+    metrics.DB_UP.set(1)
+    return swept
+
+
+async def guarded_tick(pool: asyncpg.Pool, now: datetime, batch_max: int,
+                       pending_max: int) -> int | None:
+    """`tick`, with database trouble logged and `loyalty_db_up` set to 0: None then."""
+    try:
+        swept = await tick(pool, now, batch_max, pending_max)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        metrics.DB_UP.set(0)
+        log.warning("hold_sweep_failed", extra={"error": type(exc).__name__})
+        return None
+    if swept:
+        log.info("holds_expired", extra={"count": swept})
+    return swept
+
+
 async def run_sweeper(pool: asyncpg.Pool, clock: Callable[[], datetime], interval_s: float,
-                      batch_max: int, stop: asyncio.Event) -> None:
-    """Sweep every `interval_s` until `stop` is set; database trouble is logged and retried
-    at the next tick (holds only get older, nothing is lost by waiting)."""
+                      batch_max: int, pending_max: int, stop: asyncio.Event) -> None:
+    """Sweep every `interval_s` until `stop` is set; database trouble is retried at the next
+    tick (holds only get older, nothing is lost by waiting)."""
     while not stop.is_set():
-        try:
-            swept = await sweep_all(pool, clock(), batch_max)
-            if swept:
-                log.info("expired %d hold(s)", swept)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning("hold sweep failed: %s", type(exc).__name__)
+        await guarded_tick(pool, clock(), batch_max, pending_max)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)

@@ -5,12 +5,18 @@ create and drop their own), else the embedded Postgres under .loyalty/. The sche
 migrated once into a template database; each test gets a copy (CREATE DATABASE ... TEMPLATE),
 which takes milliseconds and isolates tests completely. After every test that used a
 database, `db check` runs on it: every test that moves money ends with the ledger proved.
+
+Every log the session produces is kept and scanned for card numbers when it ends
+(tests/logscan.py): a Luhn-valid 16-digit number in any of them fails the run.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +24,7 @@ import asyncpg
 import pytest
 
 from switch import db, dbcheck, migrate
+from tests import logscan
 
 ROOT = Path(__file__).resolve().parents[1]
 _counter = itertools.count()
@@ -28,6 +35,31 @@ def _server_admin_url() -> str:
     if url:
         return url
     return db.embedded_server_url(ROOT / ".loyalty", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    log_dir = Path(tempfile.mkdtemp(prefix="loyalty-test-logs-"))
+    os.environ[logscan.LOG_DIR_ENV] = str(log_dir)
+    logscan.capture_records(log_dir)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    findings = logscan.scan(logscan.log_dir())
+    if findings:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = "card numbers (Luhn-valid, 16 digits) in the logs of this run:\n" + \
+            "\n".join(findings[:20]) + f"\nlogs kept in {logscan.log_dir()}"
+        if reporter is not None:
+            reporter.write_line(text, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    else:
+        shutil.rmtree(logscan.log_dir(), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _log_everything() -> None:
+    """Every record reaches the scan, whatever level a test or the CLI set."""
+    logging.getLogger().setLevel(logging.DEBUG)
 
 
 @pytest.fixture(scope="session")

@@ -91,15 +91,19 @@ class Env:
 
 
 @pytest.fixture
-async def env(admin_url: str, demo_template: tuple[str, Path]) -> AsyncIterator[Env]:
+async def env(admin_url: str, demo_template: tuple[str, Path], request: pytest.FixtureRequest
+              ) -> AsyncIterator[Env]:
+    """The switch on a fresh copy of the demo database; with the `serve_metrics` mark it
+    also serves /metrics on a free port (`env.switch.metrics_port`)."""
     template, key_file = demo_template
     name = await create_database(admin_url, template)
     url = db.with_database(admin_url, name)
     settings = load_settings(environ={}, key_file=key_file, listen_port=0,
                              hold_sweep_interval_s=3600, db_pool_size_min=1,
-                             db_pool_size_max=8)
+                             db_pool_size_max=8, metrics_port=0)
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
-    switch = Switch(settings, clock=clock, database_url=url)
+    switch = Switch(settings, clock=clock, database_url=url,
+                    serve_metrics=request.node.get_closest_marker("serve_metrics") is not None)
     await switch.start()
     conn = await asyncpg.connect(url)
     rows = await conn.fetch("SELECT tid, bdk_id || derivation_id AS ik FROM terminal")

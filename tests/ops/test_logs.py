@@ -1,0 +1,156 @@
+"""Structured logs: the PAN mask, the JSON formatter, `configure`, and the suite's log scan."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from switch import logs
+from switch.cards import luhn_check_digit, luhn_is_valid, new_club_pan
+from switch.config import ConfigError, load_settings
+from tests import logscan
+
+VISA_TEST = "4111111111111111"  # Luhn-valid
+NOT_LUHN = "4111111111111112"
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    (VISA_TEST, "411111******1111"),
+    (f"pan={VISA_TEST}.", "pan=411111******1111."),
+    (f"a {VISA_TEST} b {VISA_TEST}", "a 411111******1111 b 411111******1111"),
+    (NOT_LUHN, NOT_LUHN),  # not a card number: amounts and references stay readable
+    ("4111111111111111" + "0", "41111111111111110"),  # 17 digits: Luhn decides alone
+    ("6037990000000006", "603799******0006"),
+    ("4222222222222", "422222***2222"),  # 13 digits, Luhn-valid
+    ("123456789012", "123456789012"),  # 12 digits: an RRN or an amount, never masked
+    ("x" + "9" * 20, "x" + "9" * 20),  # longer than any PAN
+    ("603799******1234", "603799******1234"),  # already masked
+])
+def test_mask_pans_table(text: str, masked: str) -> None:
+    assert logs.mask_pans(text) == masked
+
+
+def _pan(body: str) -> str:
+    return body + luhn_check_digit(body)
+
+
+pans = st.integers(12, 18).flatmap(
+    lambda n: st.text("0123456789", min_size=n, max_size=n)).map(_pan)
+separators = st.text(alphabet=' =:/,.*{}"-_xyzABC\nآبپ۱۲', min_size=1, max_size=5)
+
+
+@given(pans, separators, separators)
+def test_a_luhn_valid_pan_anywhere_is_masked(pan: str, before: str, after: str) -> None:
+    out = logs.mask_pans(before + pan + after)
+    assert pan not in out
+    assert out == before + pan[:6] + "*" * (len(pan) - 10) + pan[-4:] + after
+
+
+@given(st.text())
+def test_mask_leaves_no_luhn_valid_run_and_never_changes_length(text: str) -> None:
+    out = logs.mask_pans(text)
+    assert len(out) == len(text)
+    assert logs.find_pans(out) == []
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    (f"x {VISA_TEST} y", [VISA_TEST]),
+    (NOT_LUHN, []),
+    ("4222222222222", []),  # 13 digits: the scan looks for 16
+    (VISA_TEST + "1", []),  # part of a longer run
+    ("411111******1111", []),
+])
+def test_find_pans(text: str, found: list[str]) -> None:
+    assert logs.find_pans(text) == found
+
+
+def _record(msg: str, level: int = logging.INFO, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("switch.test", level, __file__, 1, msg, None, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_json_line_has_event_fields_and_masks_a_leaked_pan() -> None:
+    line = logs.JsonFormatter().format(_record(
+        "request_declined", reason="INSUFFICIENT_FUNDS", rrn="000000000042", stan="000007",
+        note=f"leaked {VISA_TEST}"))
+    assert "\n" not in line
+    data = json.loads(line)
+    assert data["event"] == "request_declined"
+    assert data["level"] == "info" and data["logger"] == "switch.test"
+    assert data["ts"].endswith("Z")
+    assert (data["reason"], data["rrn"], data["stan"]) == ("INSUFFICIENT_FUNDS",
+                                                          "000000000042", "000007")
+    assert data["note"] == "leaked 411111******1111"
+
+
+def test_json_line_masks_a_pan_in_an_exception() -> None:
+    try:
+        raise ValueError(f"bad card {VISA_TEST}")
+    except ValueError:
+        record = _record("boom", logging.ERROR)
+        record.exc_info = sys.exc_info()
+    line = logs.JsonFormatter().format(record)
+    assert VISA_TEST not in line and "411111******1111" in json.loads(line)["exception"]
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_configure_sets_the_level_and_replaces_only_its_own_handler(
+        root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+    others = list(root_logger.handlers)
+    logs.configure("warning")
+    logs.configure("info")
+    assert root_logger.level == logging.INFO
+    assert len([h for h in root_logger.handlers if h not in others]) == 1
+    assert all(h in root_logger.handlers for h in others)
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)  # the handler follows sys.stderr
+    logging.getLogger("switch.x").debug("hidden")
+    logging.getLogger("switch.x").info("shown", extra={"count": 3})
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [(d["event"], d["count"]) for d in lines] == [("shown", 3)]
+
+
+def test_log_level_setting() -> None:
+    assert load_settings(environ={"LOYALTY_LOG_LEVEL": "DEBUG"}).log_level == "debug"
+    with pytest.raises(ConfigError, match="log_level"):
+        load_settings(environ={"LOYALTY_LOG_LEVEL": "verbose"})
+
+
+def test_the_scan_finds_a_planted_pan_in_records_and_process_output(tmp_path: Path) -> None:
+    pan = new_club_pan("603799")
+    assert luhn_is_valid(pan)
+    # A logger of its own that does not propagate: the planted number must not reach the
+    # session's own capture (it would fail the run, as it should).
+    planted = logging.getLogger("tests.planted")
+    planted.propagate = False
+    planted.setLevel(logging.DEBUG)
+    handler = logscan.capture_records(tmp_path, planted)
+    try:
+        planted.debug("oops", extra={"card": pan})
+    finally:
+        planted.removeHandler(handler)
+        handler.close()
+    (tmp_path / "cli.stderr").write_text(f"printed {VISA_TEST}\n")
+    (tmp_path / "clean.stdout").write_text("603799******1234 000000000042\n")
+    assert sorted(logscan.scan(tmp_path)) == sorted(
+        [f"cli.stderr: {VISA_TEST}", f"pytest-{os.getpid()}.log: {pan}"])
