@@ -9,9 +9,10 @@ event name such as `request_declined`) and the record's `extra` fields, e.g.
      "event": "request_declined", "reason": "INSUFFICIENT_FUNDS", "rrn": "...", "stan": ...}
 
 Card data is never passed to a log call: at most a masked PAN (`protocol.cardblock.mask_pan`,
-`603799******1234`). As a last defence the formatter masks, in the finished line, every run
-of 13 to 19 digits that passes the Luhn check (`mask_pans`), so a PAN that slipped into a
-message or an exception text still leaves the process masked. Keys, KSNs and field 62 are
+`603799******1234`). As a last defence the formatter masks every run of 13 to 19 digits that
+passes the Luhn check (`mask_pans`) in every value it writes (a number so masked becomes a
+string, keeping the line valid JSON), so a PAN that slipped into a message, a field or an
+exception text still leaves the process masked. Keys, KSNs and field 62 are
 never logged; the mask cannot recognise those, so it is no excuse to pass them.
 
 The handler looks up `sys.stderr` at every write, so a test that swaps stderr (pytest's
@@ -62,8 +63,28 @@ def find_pans(text: str, length: int = 16) -> list[str]:
     return found
 
 
+def _scrubbed(value: Any) -> Any:
+    """`value` with card numbers masked, keeping JSON types where nothing was masked (a
+    masked number becomes a string, so the line stays valid JSON)."""
+    if isinstance(value, str):
+        return mask_pans(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        text = str(value)
+        masked = mask_pans(text)
+        return value if masked == text else masked
+    if isinstance(value, dict):
+        return {mask_pans(str(k)): _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_scrubbed(v) for v in value]
+    return mask_pans(str(value))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; the finished line goes through `mask_pans`."""
+    """One JSON object per record. Every value goes through `mask_pans`, and the finished
+    line once more (a JSON escape could join digits into a new run; inside a string, where
+    masking keeps the line valid)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -80,7 +101,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        return mask_pans(json.dumps(line, default=str, ensure_ascii=False))
+        return mask_pans(json.dumps(_scrubbed(line), ensure_ascii=False))
 
 
 class _StderrHandler(logging.StreamHandler[TextIO]):

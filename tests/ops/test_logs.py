@@ -93,6 +93,19 @@ def test_json_line_has_event_fields_and_masks_a_leaked_pan() -> None:
     assert data["note"] == "leaked 411111******1111"
 
 
+def test_json_line_stays_valid_when_a_number_or_a_nested_value_is_masked() -> None:
+    line = logs.JsonFormatter().format(_record(
+        "event", as_int=int(VISA_TEST), as_float=float(VISA_TEST), amount=4111111111111112,
+        nested={"list": [VISA_TEST, 5], VISA_TEST: None}, other=Path(VISA_TEST)))
+    data = json.loads(line)
+    assert VISA_TEST not in line
+    assert data["as_int"] == "411111******1111"
+    assert data["as_float"] == "411111******1111.0"
+    assert data["amount"] == 4111111111111112  # not Luhn-valid: stays a number
+    assert data["nested"] == {"list": ["411111******1111", 5], "411111******1111": None}
+    assert data["other"] == "411111******1111"
+
+
 def test_json_line_masks_a_pan_in_an_exception() -> None:
     try:
         raise ValueError(f"bad card {VISA_TEST}")
