@@ -99,6 +99,6 @@ async def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
     await switch.start()
     settings = ctx.settings
     print(f"switch listening on {settings.listen_host}:{switch.port}; metrics on "
-          f"http://{settings.metrics_host}:{settings.metrics_port}/metrics", flush=True)
+          f"http://{settings.metrics_host}:{switch.metrics_port}/metrics", flush=True)
     await switch.serve_until_signalled()
     return 0

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -23,20 +22,12 @@ from tests.conftest import ROOT
 START_TIMEOUT_S = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_serve_logs_json_lines_and_serves_live_metrics(db_url: str, tmp_path: Path
                                                              ) -> None:
     key_file = tmp_path / "keys.json"
     keys.load_or_create(key_file)
-    metrics_port = _free_port()
     env = {**os.environ, "DATABASE_URL": db_url, "LOYALTY_KEY_FILE": str(key_file),
-           "LOYALTY_LISTEN_PORT": "0", "LOYALTY_METRICS_PORT": str(metrics_port),
+           "LOYALTY_LISTEN_PORT": "0", "LOYALTY_METRICS_PORT": "0",
            "LOYALTY_LOG_LEVEL": "debug", "LOYALTY_HOLD_SWEEP_INTERVAL_S": "3600"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "switch.cli", "serve", cwd=ROOT, env=env,
@@ -46,7 +37,9 @@ async def test_serve_logs_json_lines_and_serves_live_metrics(db_url: str, tmp_pa
     try:
         banner = (await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)).decode()
         assert banner.startswith("switch listening on 127.0.0.1:"), banner
+        # switch listening on 127.0.0.1:PORT; metrics on http://127.0.0.1:PORT/metrics
         port = int(banner.split(";")[0].rsplit(":", 1)[1])
+        metrics_port = int(banner.rsplit(":", 1)[1].split("/")[0])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         # An 0800 that does not decode: answered 30, counted under the request's MTI (not
         # the 0810's) and logged as a format error.
