@@ -23,7 +23,7 @@ from switch import db, keys, metrics, migrate
 from switch.config import Settings
 from switch.processor import Clock, Processor, utc_now
 from switch.server import Server, install_signal_handlers
-from switch.sweeper import run_sweeper, sweep_all
+from switch.sweeper import run_sweeper, tick
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,10 @@ class Switch:
         store = keys.load(settings.key_file)
         self.pool = await db.create_pool(url, settings)
         metrics.watch_pool(self.pool)
-        swept = await sweep_all(self.pool, self.clock(), settings.hold_sweep_batch_max)
+        # The first round also sets the pending-holds and database gauges before anyone can
+        # scrape them (the sweeper task's own first round may come later).
+        swept = await tick(self.pool, self.clock(), settings.hold_sweep_batch_max,
+                           settings.metrics_holds_pending_max)
         if swept:
             log.info("holds_expired_while_down", extra={"count": swept})
         processor = Processor(self.pool, settings, HostKeys(store.bdks_by_raw_id()),
