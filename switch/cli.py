@@ -14,6 +14,7 @@ from typing import Any
 
 import uvloop
 
+from settlement import cli as cli_settle
 from switch import cli_admin, cli_db, logs
 from switch.cli_context import CommandError, Context
 from switch.config import ConfigError, load_settings
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cli_db.cmd_serve)
     cli_db.add_commands(commands)
     cli_admin.add_commands(commands)
+    cli_settle.add_commands(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ the conventional `DATABASE_URL`. The TOML file is named by `--config` or `LOYALT
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,6 +75,41 @@ class Settings(BaseModel):
     shaparak_fee_bp: int = Field(default=2, ge=0, le=10_000)
     shaparak_fee_cap_rial: int = Field(default=40_000, ge=0)
 
+    # Settlement (settlement/; docs/settlement.md). Times of day are Tehran local, HH:MM.
+    settlement_cutoffs: str = "10:00,14:00"   # window cut-offs on working days, comma-separated
+    settlement_work_start: str = "08:00"
+    settlement_work_end: str = "16:00"
+    settlement_thursday: str = "half"          # full | half | none
+    settlement_half_day_end: str = "12:00"     # end of a half-day Thursday
+    # From a cut-off until the money is on the merchant's account (the bank batch).
+    settlement_payout_lag_s: int = Field(default=3_600, ge=0, le=86_400)
+    settlement_metrics_host: str = "127.0.0.1"
+    settlement_metrics_port: int = Field(default=9584, ge=0, le=65535)
+    settlement_metrics_refresh_s: float = Field(default=30.0, gt=0, le=3_600)
+
+    @field_validator("settlement_work_start", "settlement_work_end", "settlement_half_day_end")
+    @classmethod
+    def _time_of_day(cls, value: str) -> str:
+        _hhmm(value)
+        return value
+
+    @field_validator("settlement_cutoffs")
+    @classmethod
+    def _cutoffs(cls, value: str) -> str:
+        parts = [part.strip() for part in value.split(",")]
+        if not parts or any(not part for part in parts):
+            raise ValueError("a comma-separated list of HH:MM times")
+        for part in parts:
+            _hhmm(part)
+        return ",".join(parts)
+
+    @field_validator("settlement_thursday")
+    @classmethod
+    def _thursday(cls, value: str) -> str:
+        if value not in ("full", "half", "none"):
+            raise ValueError("must be full, half or none")
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, value: str | None) -> str | None:
@@ -106,6 +142,11 @@ class Settings(BaseModel):
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert_file is not None
+
+
+def _hhmm(text: str) -> None:
+    if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", text):
+        raise ValueError(f"{text!r} is not a time of day HH:MM (00:00 to 23:59)")
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, str]:

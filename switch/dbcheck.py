@@ -96,6 +96,41 @@ CHECKS: tuple[Check, ...] = (
            AND debits_posted + debits_pending > credits_posted""",
     ),
     Check(
+        "every merchant payable's settled part is what its last settlement carried forward",
+        "SELECT count(*) FROM ledger_account WHERE kind = 'merchant_payable'",
+        # Postings under the transactions of settled windows and the windows' own transfers
+        # (netting, payouts) must leave each payable at the last position's carried amount.
+        """WITH settled AS (
+             SELECT window_id, id AS seq FROM settlement_window_event WHERE state = 'SETTLED'),
+           refs AS (
+             SELECT x.rrn::text AS ref FROM txn x JOIN settled s
+               ON s.window_id = x.settlement_window_id
+             UNION ALL SELECT 'settlement:W' || window_id FROM settled),
+           paid AS (
+             SELECT a.merchant_id, (-sum(e.amount))::bigint AS balance
+             FROM refs JOIN ledger_transfer t ON t.ref = refs.ref AND t.kind IN ('single', 'post')
+             JOIN ledger_entry e ON e.transfer_id = t.id
+             JOIN ledger_account a ON a.id = e.account_id AND a.kind = 'merchant_payable'
+             GROUP BY a.merchant_id),
+           last AS (
+             SELECT DISTINCT ON (p.merchant_id) p.merchant_id, p.carried_forward_rial
+             FROM settlement_position p JOIN settled s USING (window_id)
+             ORDER BY p.merchant_id, s.seq DESC)
+           SELECT merchant_id, paid.balance, last.carried_forward_rial
+           FROM paid FULL JOIN last USING (merchant_id)
+           WHERE coalesce(paid.balance, 0) <> coalesce(last.carried_forward_rial, 0)""",
+    ),
+    Check(
+        "settlement: a window's payouts match its positions, one transaction per window",
+        "SELECT count(*) FROM settlement_position",
+        """SELECT p.window_id, p.merchant_id FROM settlement_position p
+           LEFT JOIN settlement_payout o USING (window_id, merchant_id)
+           WHERE coalesce(o.amount_rial, 0) <> p.payout_rial
+           UNION ALL
+           SELECT i.window_id, i.txn_id FROM settlement_item i JOIN txn x ON x.id = i.txn_id
+           WHERE x.settlement_window_id IS DISTINCT FROM i.window_id""",
+    ),
+    Check(
         "the ledger as a whole balances, per unit",
         "SELECT count(DISTINCT unit) FROM ledger_account",
         """SELECT t.unit FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id
