@@ -82,8 +82,6 @@ CREATE TABLE settlement_item (
 );
 CREATE INDEX settlement_item_window_idx ON settlement_item (window_id);
 
-ALTER TABLE txn ADD CONSTRAINT txn_settlement_window_fk
-    FOREIGN KEY (settlement_window_id) REFERENCES settlement_window (id);
 -- What the lag metric and closing look for: confirmed and not yet in a window.
 CREATE INDEX txn_unsettled_idx ON txn (confirmed_at)
     WHERE state = 'CONFIRMED' AND settlement_window_id IS NULL;

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
-from settlement import files, holidays, scheduler, windows
+from settlement import files, holidays, metrics, scheduler, windows
 from settlement.faults import fault
 from switch import migrate
 from switch.cli_context import CommandError, Context
@@ -158,7 +158,8 @@ async def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
     settings = ctx.settings
     async with ctx.connection() as conn:
         await migrate.migrate(conn)
-        start_http_server(settings.settlement_metrics_port, settings.settlement_metrics_host)
+        start_http_server(settings.settlement_metrics_port, settings.settlement_metrics_host,
+                          registry=metrics.REGISTRY)
         print(f"settlement scheduler: cut-offs {settings.settlement_cutoffs} (Tehran); "
               f"metrics on http://{settings.settlement_metrics_host}:"
               f"{settings.settlement_metrics_port}/metrics", flush=True)

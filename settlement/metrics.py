@@ -10,22 +10,29 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from settlement.calendar import WorkCalendar
 from settlement.windows import Summary
 
+# The scheduler serves this registry on its own port; the switch's metrics stay apart.
+REGISTRY = CollectorRegistry()
 LAG = Gauge("loyalty_settlement_lag_working_seconds",
-            "Working-time age of the oldest confirmed transaction not yet settled")
+            "Working-time age of the oldest confirmed transaction not yet settled",
+            registry=REGISTRY)
 WINDOW_DURATION = Histogram(
     "loyalty_settlement_window_duration_seconds", "Time to close and settle one window",
-    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0))
-WINDOWS = Counter("loyalty_settlement_windows_total", "Windows by outcome", ["state"])
-TRANSACTIONS = Counter("loyalty_settlement_transactions_total", "Transactions settled")
-PAYOUTS = Counter("loyalty_settlement_payouts_total", "Payout instructions issued")
-PAID = Counter("loyalty_settlement_paid_rial_total", "Rials paid out to merchants")
+    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0), registry=REGISTRY)
+WINDOWS = Counter("loyalty_settlement_windows_total", "Windows run, by outcome",
+                  ["outcome"], registry=REGISTRY)  # SETTLED | FAILED
+TRANSACTIONS = Counter("loyalty_settlement_transactions_total", "Transactions settled",
+                       registry=REGISTRY)
+PAYOUTS = Counter("loyalty_settlement_payouts_total", "Payout instructions issued",
+                  registry=REGISTRY)
+PAID = Counter("loyalty_settlement_paid_rial_total", "Rials paid out to merchants",
+               registry=REGISTRY)
 LATE = Counter("loyalty_settlement_late_transactions_total",
-               "Transactions paid after their due time (24 working hours)")
+               "Transactions paid after their due time (24 working hours)", registry=REGISTRY)
 
 # The oldest unsettled confirmation: outside any window, or in a window not yet settled.
 _OLDEST = """

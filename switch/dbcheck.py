@@ -96,10 +96,12 @@ CHECKS: tuple[Check, ...] = (
            AND debits_posted + debits_pending > credits_posted""",
     ),
     Check(
-        "every merchant payable's settled part is what its last settlement carried forward",
-        "SELECT count(*) FROM ledger_account WHERE kind = 'merchant_payable'",
-        # Postings under the transactions of settled windows and the windows' own transfers
-        # (netting, payouts) must leave each payable at the last position's carried amount.
+        "settlement agrees with the ledger: settled payables, payouts, window membership",
+        "SELECT count(*) FROM ledger_account",
+        # 1. Postings under the transactions of settled windows and the windows' own
+        #    transfers (netting, payouts) leave each merchant payable at what its last
+        #    settled position carried forward; 2. every position's payout was instructed;
+        # 3. a transaction's window is the same in settlement_item and txn.
         """WITH settled AS (
              SELECT window_id, id AS seq FROM settlement_window_event WHERE state = 'SETTLED'),
            refs AS (
@@ -116,18 +118,17 @@ CHECKS: tuple[Check, ...] = (
              SELECT DISTINCT ON (p.merchant_id) p.merchant_id, p.carried_forward_rial
              FROM settlement_position p JOIN settled s USING (window_id)
              ORDER BY p.merchant_id, s.seq DESC)
-           SELECT merchant_id, paid.balance, last.carried_forward_rial
+           SELECT 'payable' AS what, merchant_id AS id, paid.balance AS got,
+                  last.carried_forward_rial AS expected
            FROM paid FULL JOIN last USING (merchant_id)
-           WHERE coalesce(paid.balance, 0) <> coalesce(last.carried_forward_rial, 0)""",
-    ),
-    Check(
-        "settlement: a window's payouts match its positions, one transaction per window",
-        "SELECT count(*) FROM settlement_position",
-        """SELECT p.window_id, p.merchant_id FROM settlement_position p
-           LEFT JOIN settlement_payout o USING (window_id, merchant_id)
+           WHERE coalesce(paid.balance, 0) <> coalesce(last.carried_forward_rial, 0)
+           UNION ALL
+           SELECT 'payout', p.merchant_id, o.amount_rial, p.payout_rial
+           FROM settlement_position p LEFT JOIN settlement_payout o USING (window_id, merchant_id)
            WHERE coalesce(o.amount_rial, 0) <> p.payout_rial
            UNION ALL
-           SELECT i.window_id, i.txn_id FROM settlement_item i JOIN txn x ON x.id = i.txn_id
+           SELECT 'window', i.txn_id, x.settlement_window_id, i.window_id
+           FROM settlement_item i JOIN txn x ON x.id = i.txn_id
            WHERE x.settlement_window_id IS DISTINCT FROM i.window_id""",
     ),
     Check(
