@@ -13,8 +13,9 @@ from typing import Any
 
 from protocol.cardblock import mask_pan
 from protocol.dukpt import derive_initial_key
-from switch import demo, keys, ledger, registry
+from switch import cli_campaigns, demo, keys, ledger, registry
 from switch.cli_context import CommandError, Context
+from switch.cli_context import print_table as _table
 from switch.pricing import FeePlan
 from switch.registry import MemberProfile
 
@@ -37,9 +38,10 @@ def add_commands(commands: Any) -> None:
                                description="Load the demo data (idempotent).")
     seed.set_defaults(handler=cmd_demo)
     admin = commands.add_parser("admin", help="networks, merchants, terminals, keys, members, "
-                                "cards", description="Registry administration.")
+                                "cards, campaigns", description="Registry administration.")
     groups = admin.add_subparsers(dest="admin_group", required=True, metavar="OBJECT")
-    for add in (_network, _merchant, _bdk, _terminal, _member, _card, _bank_card, _topup):
+    for add in (_network, _merchant, _bdk, _terminal, _member, _card, _bank_card, _topup,
+                cli_campaigns.add_group):
         add(groups)
 
 
@@ -361,9 +363,3 @@ async def cmd_topup(ctx: Context, args: argparse.Namespace) -> int:
           f"available {after.available:,} rial")
     return 0
 
-
-def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

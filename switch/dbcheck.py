@@ -1,4 +1,4 @@
-"""`loyalty db check`: prove the ledger's invariants on a live database.
+"""`loyalty db check`: prove the ledger's (and the campaigns') invariants on a live database.
 
 Each check is a query that returns the violating rows (none when the invariant holds) and
 the number of rows it examined, so the report says both what was proved and over how much.
@@ -138,6 +138,21 @@ CHECKS: tuple[Check, ...] = (
            GROUP BY t.unit
            HAVING sum(e.amount) FILTER (WHERE t.kind IN ('single', 'post')) <> 0
                OR sum(e.amount) FILTER (WHERE t.status = 'pending') <> 0""",
+    ),
+    Check(
+        "every campaign's event history ends at its version and status",
+        "SELECT count(*) FROM campaign",
+        """SELECT c.id, c.version, c.status FROM campaign c
+           WHERE NOT EXISTS (SELECT 1 FROM campaign_event e WHERE e.campaign_id = c.id
+                             AND e.event = 'created' AND e.version = 1)
+              OR c.version IS DISTINCT FROM (
+                   SELECT e.version FROM campaign_event e WHERE e.campaign_id = c.id
+                   ORDER BY e.id DESC LIMIT 1)
+              OR c.status IS DISTINCT FROM (
+                   SELECT CASE e.event WHEN 'created' THEN e.detail ->> 'status'
+                                       WHEN 'paused' THEN 'paused' ELSE 'active' END
+                   FROM campaign_event e WHERE e.campaign_id = c.id AND e.event <> 'updated'
+                   ORDER BY e.id DESC LIMIT 1)""",
     ),
 )
 

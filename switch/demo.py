@@ -1,5 +1,5 @@
 """Demo data: one store network with a café, a hypermarket and a barber, their terminals,
-and a hundred members with cards and balances.
+a hundred members with cards and balances, and the campaigns of switch/demo_campaigns/.
 
 Everything is deterministic, so the simulator can recompute the demo cards' PANs from
 their index (`demo_club_pan`) instead of anyone storing them. Seeding twice changes nothing.
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import random
 from datetime import date
+from importlib import resources
 from pathlib import Path
 
 import asyncpg
 
-from switch import cards, keys, ledger, registry
+from switch import campaign_store, cards, keys, ledger, registry
+from switch.campaign_file import load_campaigns
+from switch.campaign_spec import CampaignSpec
 from switch.keys import KeyStore
 from switch.pricing import FeePlan
 from switch.registry import MemberProfile
@@ -57,7 +60,9 @@ def demo_bank_pan(index: int) -> str:
 
 async def seed(conn: asyncpg.Connection, store: KeyStore, key_file: Path) -> str:
     if await conn.fetchval("SELECT 1 FROM store_network WHERE code = $1", NETWORK_CODE):
-        return "demo data already present"
+        added = await seed_campaigns(conn)  # a database seeded before campaigns existed
+        return f"demo data already present; {added} campaigns added" if added else \
+            "demo data already present"
     bdk_id = keys.add_bdk(key_file)
     store = keys.load(key_file)
     await registry.register_bdk(conn, bdk_id, "demo")
@@ -73,8 +78,30 @@ async def seed(conn: asyncpg.Connection, store: KeyStore, key_file: Path) -> str
     rng = random.Random(8583)  # noqa: S311  (demo data is deterministic on purpose)
     for index in range(MEMBERS):
         await _seed_member(conn, store, rng, index, network_id, merchant_ids)
+    campaigns = await seed_campaigns(conn)
     return (f"demo data: network {NETWORK_CODE!r}, {len(MERCHANTS)} merchants, "
-            f"{len(MERCHANTS) * TERMINALS_PER_MERCHANT} terminals, {MEMBERS} members with cards")
+            f"{len(MERCHANTS) * TERMINALS_PER_MERCHANT} terminals, {MEMBERS} members with cards, "
+            f"{campaigns} campaigns")
+
+
+def demo_campaigns() -> list[CampaignSpec]:
+    """The campaigns of every file in switch/demo_campaigns/, in file name order."""
+    specs: list[CampaignSpec] = []
+    folder = resources.files("switch") / "demo_campaigns"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            with resources.as_file(entry) as path:
+                specs.extend(load_campaigns(path))
+    return specs
+
+
+async def seed_campaigns(conn: asyncpg.Connection) -> int:
+    """Store the demo campaigns not stored yet (as `loyalty admin campaign create` would);
+    returns how many were stored."""
+    existing = {r["id"] for r in await conn.fetch("SELECT id FROM campaign")}
+    missing = [spec for spec in demo_campaigns() if spec.id not in existing]
+    await campaign_store.store_campaigns(conn, missing)
+    return len(missing)
 
 
 async def _seed_member(conn: asyncpg.Connection, store: KeyStore, rng: random.Random,

@@ -17,20 +17,6 @@ TABLES = ("store_network", "merchant", "bdk", "terminal", "member", "card", "ban
 SHEBA = "IR820540102680020817909002"
 
 
-@pytest.fixture
-def cli(db_url, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DATABASE_URL", db_url)
-    monkeypatch.setenv("LOYALTY_KEY_FILE", str(tmp_path / "keys.json"))
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    run.key_file = tmp_path / "keys.json"  # type: ignore[attr-defined]
-    return run
-
-
 def _find(pattern: str, text: str) -> str:
     match = re.search(pattern, text)
     assert match, f"{pattern!r} not in output"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -74,8 +75,22 @@ async def failed_checks(conn: asyncpg.Connection) -> set[str]:
     return {o.check.name for o in await dbcheck.run_checks(conn) if not o.ok}
 
 
+async def add_campaign(conn: asyncpg.Connection, budget_rial: int | None = None) -> None:
+    """Campaign 'c1' of a new network 'campaign-net', written directly (as any writer could)."""
+    network_id = await conn.fetchval(
+        "INSERT INTO store_network (code, name, club_bin) VALUES ('campaign-net', 'N', '990499') "
+        "RETURNING id")
+    spec = {"id": "c1", "kind": "fixed_discount", "priority": 0, "network_id": network_id,
+            "merchant_id": None, "budget_rial": budget_rial}
+    await conn.execute(
+        "INSERT INTO campaign (id, network_id, kind, priority, spec, budget_rial) "
+        "VALUES ('c1', $1, 'fixed_discount', 0, $2::jsonb, $3)", network_id, json.dumps(spec),
+        budget_rial)
+
+
 async def test_check_passes_on_a_ledger_with_activity(conn):
     await make_activity(conn)
+    await add_campaign(conn)
     outcomes = await dbcheck.run_checks(conn)
     assert [o.check.name for o in outcomes if not o.ok] == []
     assert all(o.examined > 0 for o in outcomes), dbcheck.report(outcomes)
