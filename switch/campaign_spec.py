@@ -76,7 +76,12 @@ JalaliMoment = Annotated[datetime, BeforeValidator(_parse_moment),
 ClockTime = Annotated[time, BeforeValidator(_parse_time),
                       PlainSerializer(lambda t: f"{t:%H:%M}", return_type=str)]
 Code = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,31}$")]
-Rial = Annotated[int, Field(ge=0)]
+# Amounts, counts and budgets must fit the database's bigint; credit must expire within a
+# century (a longer expiry overflows date arithmetic). These bound the format, not policy.
+INT_MAX = 2**63 - 1
+EXPIRY_DAYS_MAX = 36_500
+Int = Annotated[int, Field(le=INT_MAX)]
+Rial = Annotated[int, Field(ge=0, le=INT_MAX)]
 Bp = Annotated[int, Field(ge=0, le=rules.BP_PER_UNIT)]
 WeekdayName = Literal["saturday", "sunday", "monday", "tuesday", "wednesday", "thursday",
                       "friday"]
@@ -252,8 +257,8 @@ class _RialLimits(CampaignSpec):
 class PercentDiscountSpec(_RialLimits):
     rule_class = rules.PercentDiscount
     kind: Literal["percent_discount"]
-    bp: int
-    cap_rial: int | None = None
+    bp: Int
+    cap_rial: Int | None = None
 
     def kind_fields(self) -> dict[str, Any]:
         return {"bp": self.bp, "cap_rial": self.cap_rial}
@@ -262,7 +267,7 @@ class PercentDiscountSpec(_RialLimits):
 class FixedDiscountSpec(_RialLimits):
     rule_class = rules.FixedDiscount
     kind: Literal["fixed_discount"]
-    amount_rial: int
+    amount_rial: Int
 
     def kind_fields(self) -> dict[str, Any]:
         return {"amount_rial": self.amount_rial}
@@ -271,8 +276,8 @@ class FixedDiscountSpec(_RialLimits):
 class FirstPurchasesSpec(_RialLimits):
     rule_class = rules.FirstPurchases
     kind: Literal["first_purchases"]
-    steps_bp: list[int]
-    cap_rial: int | None = None
+    steps_bp: list[Int]
+    cap_rial: Int | None = None
     per_merchant: bool = True
 
     def kind_fields(self) -> dict[str, Any]:
@@ -283,8 +288,8 @@ class FirstPurchasesSpec(_RialLimits):
 class StampCardSpec(_RialLimits):
     rule_class = rules.StampCard
     kind: Literal["stamp_card"]
-    every: int
-    free_up_to_rial: int
+    every: Int
+    free_up_to_rial: Int
 
     def kind_fields(self) -> dict[str, Any]:
         return {"every": self.every, "free_up_to_rial": self.free_up_to_rial}
@@ -293,9 +298,9 @@ class StampCardSpec(_RialLimits):
 class CashbackSpec(_RialLimits):
     rule_class: ClassVar[type[rules.Rule]] = rules.Cashback
     kind: Literal["cashback"]
-    bp: int
-    expiry_days: int
-    cap_rial: int | None = None
+    bp: Int
+    expiry_days: Annotated[int, Field(le=EXPIRY_DAYS_MAX)]
+    cap_rial: Int | None = None
 
     def kind_fields(self) -> dict[str, Any]:
         return {"bp": self.bp, "expiry_days": self.expiry_days, "cap_rial": self.cap_rial}
@@ -308,17 +313,17 @@ class TopUpBonusSpec(CashbackSpec):
 
 class MultiplierSpec(_Model):
     category: Annotated[str, Field(min_length=1, max_length=32)]
-    bp: int
+    bp: Int
 
 
 class PointsSpec(CampaignSpec):
     rule_class = rules.Points
     limit_unit = "points"
     kind: Literal["points"]
-    rial_per_point: int
+    rial_per_point: Int
     multipliers: list[MultiplierSpec] = []
-    budget_points: Annotated[int, Field(ge=0)] | None = None
-    daily_limit_points: Annotated[int, Field(ge=0)] | None = None
+    budget_points: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
+    daily_limit_points: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
 
     def kind_fields(self) -> dict[str, Any]:
         return {"rial_per_point": self.rial_per_point,
@@ -330,10 +335,10 @@ class LotterySpec(CampaignSpec):
     rule_class = rules.Lottery
     limit_unit = "entries"
     kind: Literal["lottery"]
-    rial_per_entry: int
-    max_entries: int | None = None
-    budget_entries: Annotated[int, Field(ge=0)] | None = None
-    daily_limit_entries: Annotated[int, Field(ge=0)] | None = None
+    rial_per_entry: Int
+    max_entries: Int | None = None
+    budget_entries: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
+    daily_limit_entries: Annotated[int, Field(ge=0, le=INT_MAX)] | None = None
 
     def kind_fields(self) -> dict[str, Any]:
         return {"rial_per_entry": self.rial_per_entry, "max_entries": self.max_entries}

@@ -89,10 +89,13 @@ async def _write(conn: asyncpg.Connection, spec: CampaignSpec, exists: bool) -> 
                       spec = $6::jsonb, budget_rial = $7
                WHERE id = $1 RETURNING version""", *args)
     else:
-        version = await conn.fetchval(
-            """INSERT INTO campaign (id, network_id, merchant_id, kind, priority, spec,
-                                     budget_rial)
-               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) RETURNING version""", *args)
+        try:
+            version = await conn.fetchval(
+                """INSERT INTO campaign (id, network_id, merchant_id, kind, priority, spec,
+                                         budget_rial)
+                   VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7) RETURNING version""", *args)
+        except asyncpg.UniqueViolationError:  # stored by someone else since we looked
+            raise RegistryError(f"campaign {spec.id!r} already exists") from None
     return StoreOutcome(spec.id, not exists, int(version))
 
 

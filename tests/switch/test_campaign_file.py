@@ -19,6 +19,7 @@ from switch.campaign_file import (
     rules_from_stored,
     spec_from_stored,
 )
+from switch.campaign_spec import EXPIRY_DAYS_MAX, INT_MAX
 from switch.jalali import Weekday
 from switch.tiers import Tier
 
@@ -292,3 +293,21 @@ def test_stored_form_round_trips(shared, kind, network_id, merchant_id):
     rule = spec.to_rule()
     assert rule.network_id == network_id
     assert rule.merchant_ids == frozenset(() if merchant_id is None else (merchant_id,))
+
+
+@pytest.mark.parametrize(("field", "top"), [
+    ("budget_rial", INT_MAX), ("amount_rial", INT_MAX), ("min_purchase_rial", INT_MAX)])
+def test_amounts_are_bounded_by_the_database(field, top):
+    fields = {"kind": "fixed_discount", "amount_rial": 5, field: top}
+    assert one(**fields)  # the largest bigint is accepted
+    message = refusal(**{**fields, "id": "x1", field: top + 1})
+    assert message == f"t.toml: campaign 'x1': {field}: input should be less than or " \
+                      f"equal to {INT_MAX}"
+
+
+def test_credit_expiry_is_bounded():
+    rule = one(kind="cashback", bp=1, expiry_days=EXPIRY_DAYS_MAX)
+    assert isinstance(rule, rules.Cashback) and rule.expiry_days == EXPIRY_DAYS_MAX
+    assert refusal(id="x1", kind="cashback", bp=1, expiry_days=EXPIRY_DAYS_MAX + 1) == \
+        f"t.toml: campaign 'x1': expiry_days: input should be less than or equal to " \
+        f"{EXPIRY_DAYS_MAX}"

@@ -8,8 +8,9 @@ import tomllib
 import asyncpg
 import pytest
 
-from switch import db, demo
-from switch.campaign_file import rules_from_stored
+from switch import campaign_store, db, demo
+from switch.campaign_file import parse_campaigns, rules_from_stored
+from switch.registry import RegistryError
 from tests.conftest import create_database, drop_database
 from tests.switch.test_cli import _setup_merchant
 from tests.switch.test_dbcheck import add_campaign, failed_checks
@@ -225,3 +226,31 @@ async def test_db_check_finds_a_change_that_left_no_event(admin_url, template_na
     finally:
         await conn.close()
         await drop_database(admin_url, name)
+
+
+async def test_a_campaign_stored_meanwhile_is_refused(db_url, conn):
+    """Two writers create the same id: the second waits on the first's row, then is refused
+    with a message (not a database error)."""
+    await add_campaign(conn)  # network 'campaign-net'
+    [spec] = parse_campaigns({"campaign": [{"id": "twin", "kind": "lottery",
+                                            "network": "campaign-net",
+                                            "rial_per_entry": 1}]}, "t.toml")
+    other = await asyncpg.connect(db_url)
+    try:
+        async with conn.transaction():
+            await campaign_store.store_campaigns(conn, [spec])
+
+            async def second() -> None:
+                async with other.transaction():
+                    await campaign_store.store_campaigns(other, [spec])
+            task = asyncio.create_task(second())
+            while not await conn.fetchval(  # the second writer waits on our row lock
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                    other.get_server_pid()):
+                assert not task.done(), task.exception()
+        with pytest.raises(RegistryError, match=r"campaign 'twin' already exists$"):
+            await task
+    finally:
+        await other.close()
+    assert await conn.fetchval("SELECT count(*) FROM campaign_event WHERE campaign_id = 'twin'"
+                               ) == 1
