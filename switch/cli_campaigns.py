@@ -62,7 +62,9 @@ async def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
             raise CommandError(f"no merchant {args.merchant!r}")
         rows = await conn.fetch(
             """SELECT c.id, c.kind, n.code AS network, m.code AS merchant, c.status,
-                      c.budget_used_rial, c.budget_rial, c.priority, c.version
+                      c.budget_used_rial, c.budget_rial, c.priority, c.version,
+                      coalesce(c.spec ->> 'budget_points', c.spec ->> 'budget_entries')
+                          AS budget_count
                FROM campaign c JOIN store_network n ON n.id = c.network_id
                LEFT JOIN merchant m ON m.id = c.merchant_id
                WHERE $1::text IS NULL OR m.code = $1 OR (c.merchant_id IS NULL AND
@@ -70,12 +72,12 @@ async def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
                ORDER BY c.priority DESC, c.id""", args.merchant)
     if args.json:
         for row in rows:
-            print(json.dumps(dict(row), ensure_ascii=False))
+            print(json.dumps({k: v for k, v in row.items() if k != "budget_count"},
+                             ensure_ascii=False))
         return 0
     print_table(("id", "kind", "scope", "status", "budget used/total", "priority", "version"),
            [(r["id"], r["kind"], f"{r['network']}/{r['merchant'] or '*'}", r["status"],
-             f"{r['budget_used_rial']:,}/" + ("-" if r["budget_rial"] is None
-                                              else f"{r['budget_rial']:,}"),
+             _budget(r),
              r["priority"], r["version"]) for r in rows])
     return 0
 
@@ -105,3 +107,12 @@ async def _set_status(ctx: Context, campaign_id: str, status: str) -> int:
     print(f"campaign {campaign_id} is {status} (version {version})")
     return 0
 
+
+
+def _budget(row: Any) -> str:
+    """Rials used/total; a points or entries budget is shown but not counted (yet)."""
+    if row["budget_count"] is not None:
+        unit = "points" if row["kind"] == "points" else "entries"
+        return f"?/{int(row['budget_count']):,} {unit}"
+    total = "-" if row["budget_rial"] is None else f"{row['budget_rial']:,}"
+    return f"{row['budget_used_rial']:,}/{total}"

@@ -239,12 +239,19 @@ _rial = st.integers(0, 10**12)
 _ids = st.from_regex(r"[a-z0-9][a-z0-9-]{1,20}", fullmatch=True)
 _bp = st.integers(1, 10_000)
 _expiry = st.integers(1, 3650)
+_funding = {  # discounts only: a sponsor funder and co-funders
+    "funder": st.sampled_from(["merchant", "network", "sponsor:melli"]),
+    "co_funders": st.lists(st.fixed_dictionaries({
+        "funder": st.sampled_from(["sponsor:a", "sponsor:b"]), "bp": st.integers(1, 4999)}),
+        max_size=2, unique_by=lambda share: share["funder"]),
+    "codes": st.lists(st.sampled_from(["000000", "009100", "009200"]), min_size=1, unique=True),
+}
 _kinds = st.one_of(
     st.fixed_dictionaries({"kind": st.just("percent_discount"), "bp": _bp},
-                          optional={"cap_rial": _rial, "budget_rial": _rial}),
+                          optional={"cap_rial": _rial, "budget_rial": _rial, **_funding}),
     st.fixed_dictionaries({"kind": st.just("fixed_discount"),
                            "amount_rial": st.integers(1, 10**9)},
-                          optional={"daily_limit_rial": _rial}),
+                          optional={"daily_limit_rial": _rial, **_funding}),
     st.fixed_dictionaries({"kind": st.just("first_purchases"),
                            "steps_bp": st.lists(_bp, min_size=1, max_size=4)},
                           optional={"per_merchant": st.booleans()}),
@@ -266,15 +273,20 @@ _jalali_days = st.builds(lambda y, m, d: f"{y}-{m:02d}-{d:02d}", st.integers(140
 _shared = st.fixed_dictionaries({"id": _ids, "network": _ids}, optional={
     "merchant": _ids, "priority": st.integers(-1000, 1000), "exclusive": st.booleans(),
     "terminals": st.lists(st.from_regex(r"[0-9A-Z]{8}", fullmatch=True), max_size=2),
-    "valid_from": _jalali_days, "tiers": st.lists(st.sampled_from(["gold", "silver"]),
-                                                  unique=True),
+    "valid_from": _jalali_days,
+    "valid_until": st.builds(lambda h: f"1421-01-01 {h:02d}:15", st.integers(0, 23)),
+    "tiers": st.lists(st.sampled_from(["gold", "silver"]), unique=True),
     "bin_prefixes": st.lists(st.from_regex(r"[0-9]{6}", fullmatch=True), max_size=2),
     "min_purchase_rial": _rial,
     "when": st.fixed_dictionaries({}, optional={
         "weekdays": st.lists(st.sampled_from(["friday", "saturday"]), unique=True),
         "hours": st.lists(st.builds(lambda a, b: {"start": f"{a:02d}:00", "end": f"{b:02d}:30"},
                                     st.integers(0, 23), st.integers(0, 23)), max_size=2),
-        "birthday": st.fixed_dictionaries({}, optional={"days_after": st.integers(0, 90)})}),
+        "birthday": st.fixed_dictionaries({}, optional={"days_after": st.integers(0, 90)}),
+        "dates": st.lists(st.one_of(
+            st.just({"start": "12-25", "end": "01-13"}),
+            st.builds(lambda y, m: {"start": f"{y}-{m:02d}-01", "end": f"{y}-{m:02d}-29"},
+                      st.integers(1400, 1420), st.integers(1, 12))), max_size=2)}),
 })
 
 

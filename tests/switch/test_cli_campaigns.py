@@ -38,6 +38,13 @@ merchant = "cafe"
 priority = 100
 every = 10
 free_up_to_rial = 150_000
+
+[[campaign]]
+id = "mall-points"
+kind = "points"
+network = "mall"
+rial_per_point = 10_000
+budget_points = 2_000_000
 """
 
 
@@ -70,7 +77,8 @@ def test_create_list_show_pause_resume(cli, db_url, mall, tmp_path):
     code, out, err = cli("admin", "campaign", "create", str(mall))
     assert (code, err) == (0, "")
     assert out.splitlines() == ["campaign mall-friday created (version 1)",
-                                "campaign cafe-stamps created (version 1)"]
+                                "campaign cafe-stamps created (version 1)",
+                                "campaign mall-points created (version 1)"]
     code, out, _ = cli("admin", "campaign", "list")
     assert code == 0
     lines = out.splitlines()
@@ -80,9 +88,11 @@ def test_create_list_show_pause_resume(cli, db_url, mall, tmp_path):
                                 "100", "1"]
     assert lines[2].split() == ["mall-friday", "percent_discount", "mall/*", "active",
                                 "0/5,000,000", "10", "1"]
+    assert lines[3].split() == ["mall-points", "points", "mall/*", "active", "?/2,000,000",
+                                "points", "0", "1"]
     code, out, _ = cli("admin", "campaign", "list", "--merchant", "cafe", "--json")
-    assert [json.loads(line)["id"] for line in out.splitlines()] == ["cafe-stamps",
-                                                                     "mall-friday"]
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [
+        "cafe-stamps", "mall-friday", "mall-points"]
 
     code, out, _ = cli("admin", "campaign", "show", "mall-friday")
     assert code == 0
