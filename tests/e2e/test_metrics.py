@@ -104,7 +104,9 @@ async def test_sign_on_purchase_confirm_and_bad_mac_move_exactly_their_series(
         assert refused.code is RC.SECURITY_VIOLATION
         await tick(env)
         after = await scrape(env)
-        assert gauge(after, "loyalty_connections_open") == 1
+        opened = (gauge(after, "loyalty_connections_open")
+                  - gauge(before, "loyalty_connections_open"))
+        assert opened == 1
     assert counter_deltas(before, after) == {
         msg(Mti.NETWORK_REQUEST, None, RC.APPROVED): 1,
         msg(Mti.AUTH_REQUEST, PC.PURCHASE_CLUB, RC.APPROVED): 1,
