@@ -67,7 +67,7 @@ SELECT g, 1 + g % $2 AS m,
            AS kind,
        (10000 + (g * 7919) % 990000)::bigint AS amount,
        $3::timestamptz + g * interval '40 ms' AS at
-FROM generate_series(1, $1) g;
+FROM generate_series(1::bigint, $1) g;
 INSERT INTO txn (id, terminal_id, stan, transmission_f7, transmitted_at, processing_code, kind,
                  amount_rial, rrn, state, card_id, merchant_id, created_at, confirmed_at)
 SELECT g, m, lpad((g % 1000000)::text, 6, '0'), to_char(at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
