@@ -54,11 +54,24 @@ def log_dir() -> Path:
     return Path(os.environ[LOG_DIR_ENV])
 
 
-def run_logged(argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """`subprocess.run` with output captured as text and copied into the log directory."""
-    done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
-    store_output(Path(argv[0]).name, done.stdout, done.stderr)
+def run_logged(argv: Sequence[str], *, name: str | None = None, **kwargs: Any
+               ) -> subprocess.CompletedProcess[str]:
+    """`subprocess.run` with output captured as text and copied into the log directory
+    (under `name`, default the program's); a timeout's partial output is kept too."""
+    label = name or Path(argv[0]).name
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        store_output(label, _text(exc.stdout), _text(exc.stderr))
+        raise
+    store_output(label, done.stdout, done.stderr)
     return done
+
+
+def _text(data: str | bytes | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
 
 
 def store_output(name: str, stdout: str, stderr: str) -> None:

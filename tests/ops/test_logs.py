@@ -167,3 +167,21 @@ def test_the_scan_finds_a_planted_pan_in_records_and_process_output(tmp_path: Pa
     (tmp_path / "clean.stdout").write_text("603799******1234 000000000042\n")
     assert sorted(logscan.scan(tmp_path)) == sorted(
         [f"cli.stderr: {VISA_TEST}", f"pytest-{os.getpid()}.log: {pan}"])
+
+
+_SPAWNS = ("subprocess.run(", "subprocess.Popen(", "create_subprocess_exec(",
+           "create_subprocess_shell(", "os.system(")
+
+
+def test_every_test_that_starts_a_process_keeps_its_output_for_the_scan() -> None:
+    """A test starting a process must hand its output to the log scan (tests/logscan.py):
+    `run_logged`, or `store_output` for a process it drives itself."""
+    root = Path(__file__).resolve().parents[1]
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if path.name == "logscan.py" or not any(spawn in text for spawn in _SPAWNS):
+            continue
+        if "logscan.run_logged(" not in text and "logscan.store_output(" not in text:
+            missing.append(str(path.relative_to(root)))
+    assert not missing, f"processes whose output escapes the log scan: {missing}"

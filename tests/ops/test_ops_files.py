@@ -26,6 +26,7 @@ import settlement
 import switch
 from settlement import metrics as settlement_metrics
 from switch.config import Settings
+from tests import logscan
 from tests.conftest import ROOT
 
 OPS = ROOT / "ops"
@@ -160,8 +161,7 @@ def test_the_alerts_cover_the_required_conditions() -> None:
 def _promtool(*args: str, cwd: Path = OPS) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("promtool")
     assert binary is not None, "promtool missing: run scripts/install (Debian's prometheus)"
-    return subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True,
-                          check=False, timeout=60)
+    return logscan.run_logged([binary, *args], cwd=cwd, timeout=60)
 
 
 def test_promtool_check_rules() -> None:

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from settlement import files
+from tests import logscan
 from tests.conftest import ROOT
 from tests.settlement.test_day import CUTOFF_1, record_day
 
@@ -22,10 +23,10 @@ def _settle(db_url: str, out: Path, fault: str | None) -> subprocess.CompletedPr
     env["DATABASE_URL"] = db_url
     if fault:
         env["LOYALTY_SETTLE_FAULT"] = fault
-    return subprocess.run(
+    return logscan.run_logged(
         [sys.executable, "-m", "switch.cli", "settle", "run", "--cutoff",
          CUTOFF_1.isoformat(), "--out", str(out)],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+        name="loyalty-settle", env=env, cwd=ROOT, timeout=120)
 
 
 @pytest.mark.parametrize("step", ["after_assign", "after_netting", "after_payouts",
