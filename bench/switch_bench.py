@@ -4,36 +4,32 @@ Run: .venv/bin/python -m bench.switch_bench [--terminals 64] [--seconds 20]
 
 Creates a fresh database `loyalty_bench` on the configured server (DATABASE_URL, else the
 embedded one), seeds one network, a merchant per 8 terminals, N terminals and cards with
-ample balances, starts `loyalty serve` in a subprocess, and drives it over TCP from N
-concurrent simulated terminals doing complete two-phase purchases (half club, a quarter
-store credit, a quarter Shaparak bank card). Then, in the same command, it runs
-`pgbench -N` with the same number of clients for the same duration against the same server.
-Prints completed two-phase transactions per second, p50/p99 latency per phase, the switch
-process's CPU seconds per transaction and the ratio to pgbench's TPS.
+ample balances, starts `loyalty serve` in a subprocess, and drives it over TCP with the
+simulator's load mode (simulator/load.py): N concurrent terminals in a closed loop doing
+complete two-phase purchases (half club, a quarter store credit, a quarter Shaparak bank
+card). Then, in the same command, it runs `pgbench -N` with the same number of clients for
+the same duration against the same server. Prints the load report (completed two-phase
+transactions per second, p50/p95/p99 per phase, response codes), the switch process's CPU
+seconds per transaction and the ratio to pgbench's TPS.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
 import uvloop
 
-from protocol.fields import ProcessingCode, ResponseCode
+from simulator.actions import Card
 from simulator.burst import demo_terminals
-from simulator.client import TerminalClient
-from simulator.terminal import Terminal
+from simulator.load import LoadConfig, LoadReport, parse_mix, run_load
 from switch import cards, db, keys, ledger, migrate, registry
 from switch.config import load_settings
 from switch.pricing import FeePlan
@@ -42,14 +38,15 @@ from switch.registry import MemberProfile
 DATABASE = "loyalty_bench"
 CLUB_BIN = "990900"
 CARDS_PER_TERMINAL = 16
+MIX = parse_mix("bank=1,club=2,credit=1")
 
 
-@dataclass
-class Stats:
-    completed: int = 0
-    declined: int = 0
-    request_s: list[float] = field(default_factory=list)
-    confirm_s: list[float] = field(default_factory=list)
+class BenchCards:
+    """Each terminal uses its own CARDS_PER_TERMINAL cards, club or bank by kind."""
+
+    def card(self, kind: str, terminal_index: int, n: int) -> Card:
+        i = terminal_index * CARDS_PER_TERMINAL + n % CARDS_PER_TERMINAL
+        return Card(bank_pan(i) if kind == "bank" else club_pan(i), "3012")
 
 
 def club_pan(i: int) -> str:
@@ -135,34 +132,8 @@ def postgres_cpu_seconds() -> float:
     return total
 
 
-async def drive(terminal: Terminal, index: int, port: int, deadline: float, stats: Stats
-                ) -> None:
-    mix = (ProcessingCode.PURCHASE_CLUB, ProcessingCode.PURCHASE_STORE_CREDIT,
-           ProcessingCode.PURCHASE_CLUB, ProcessingCode.PURCHASE_SHAPARAK)
-    n = 0
-    async with await TerminalClient(terminal, timeout_s=30).connect("127.0.0.1", port) as client:
-        while time.perf_counter() < deadline:
-            pc = mix[n % len(mix)]
-            card = index * CARDS_PER_TERMINAL + n % CARDS_PER_TERMINAL
-            pan = bank_pan(card) if pc is ProcessingCode.PURCHASE_SHAPARAK else club_pan(card)
-            t0 = time.perf_counter()
-            response, prepared = await client.purchase(1_000 + n, pan, "3012",
-                                                       processing_code=pc)
-            t1 = time.perf_counter()
-            n += 1
-            if response.code is not ResponseCode.APPROVED:
-                stats.declined += 1
-                continue
-            confirmed = await client.confirm(prepared, response.message.rrn or "")
-            t2 = time.perf_counter()
-            if confirmed.code is ResponseCode.APPROVED:
-                stats.completed += 1
-                stats.request_s.append(t1 - t0)
-                stats.confirm_s.append(t2 - t1)
-
-
 async def run_switch_load(url: str, key_file: Path, terminals: int, seconds: float
-                          ) -> tuple[Stats, float, float, float]:
+                          ) -> tuple[LoadReport, float, float]:
     port = free_port()
     env = dict(os.environ, DATABASE_URL=url, LOYALTY_KEY_FILE=str(key_file),
                LOYALTY_LISTEN_PORT=str(port), LOYALTY_METRICS_PORT=str(free_port()),
@@ -179,18 +150,16 @@ async def run_switch_load(url: str, key_file: Path, terminals: int, seconds: flo
             terms = await demo_terminals(conn, keys.load(key_file))
         finally:
             await conn.close()
-        stats = Stats()
-        cpu0, pg0, t0 = cpu_seconds(proc.pid), postgres_cpu_seconds(), time.perf_counter()
-        deadline = t0 + seconds
-        await asyncio.gather(*(drive(t, i, port, deadline, stats)
-                               for i, t in enumerate(terms)))
-        elapsed = time.perf_counter() - t0
+        cpu0, pg0 = cpu_seconds(proc.pid), postgres_cpu_seconds()
+        report = await run_load(terms, "127.0.0.1", port,
+                                LoadConfig(seconds=seconds, mix=MIX, timeout_s=30),
+                                BenchCards())
         cpu = cpu_seconds(proc.pid) - cpu0
         pg_cpu = postgres_cpu_seconds() - pg0
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return stats, elapsed, cpu, pg_cpu
+    return report, cpu, pg_cpu
 
 
 def pgbench_tps(url: str, clients: int, seconds: float) -> float:
@@ -206,32 +175,23 @@ def pgbench_tps(url: str, clients: int, seconds: float) -> float:
     return float(match[1])
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] * 1000
-
-
 async def main_async(terminals: int, seconds: float) -> None:
     settings = load_settings()
     admin_url = settings.database_url or db.embedded_server_url(settings.data_dir, "postgres")
     with tempfile.TemporaryDirectory() as tmp:
         key_file = Path(tmp) / "keys.json"
         url = await prepare(admin_url, key_file, terminals)
-        stats, elapsed, cpu, pg_cpu = await run_switch_load(url, key_file, terminals, seconds)
-    tps = stats.completed / elapsed
+        report, cpu, pg_cpu = await run_switch_load(url, key_file, terminals, seconds)
     pg_tps = pgbench_tps(url, terminals, seconds)
-    print(f"terminals: {terminals}, duration: {elapsed:.1f} s, server: {db_label(url)}")
-    print(f"two-phase purchases completed: {stats.completed} ({stats.declined} declined)")
-    print(f"switch: {tps:.1f} two-phase transactions/s")
-    for name, values in (("request (0100)", stats.request_s), ("confirm (0220)", stats.confirm_s)):
-        print(f"  {name}: p50 {percentile(values, 50):.1f} ms, p99 {percentile(values, 99):.1f} ms")
-    done = max(stats.completed, 1)
+    completed = report.outcomes["completed"]
+    print(f"terminals: {terminals}, duration: {report.elapsed_s:.1f} s, server: {db_label(url)}")
+    print(report.text())
+    done = max(completed, 1)
     print(f"switch CPU: {cpu:.1f} s, {cpu / done * 1000:.2f} ms per transaction")
     print(f"postgres CPU (local processes): {pg_cpu:.1f} s, {pg_cpu / done * 1000:.2f} ms per "
           "transaction")
     print(f"pgbench -N, {terminals} clients: {pg_tps:.1f} tps")
-    print(f"ratio switch/pgbench: {tps / pg_tps:.2f}")
+    print(f"ratio switch/pgbench: {report.completed_per_s / pg_tps:.2f}")
 
 
 def db_label(url: str) -> str:

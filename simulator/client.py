@@ -285,6 +285,15 @@ class TerminalClient:
         concatenated frames). Any answer arrives through `next_unmatched_frame`."""
         await self._write(data)
 
+    async def write_and_half_close(self, data: bytes) -> None:
+        """Write `data` as given, then end the sending half of the connection (a cut in the
+        middle of a frame when `data` is one). The switch sees the end of the stream; that it
+        closed its side shows as `ConnectionClosed` from `next_unmatched_frame`."""
+        writer = self._check_open()
+        await self._write(data)
+        if writer.can_write_eof():
+            writer.write_eof()
+
     async def send_message_bytes(self, message: bytes) -> None:
         """Add the 2-byte length prefix to `message` and write it, without waiting for an
         answer; read that with `next_unmatched_frame` (or `send` it as a `Prepared`)."""

@@ -154,6 +154,20 @@ class Response(Generic[P]):
         )
 
 
+class Original(NamedTuple):
+    """What a 0220 or 0400 needs of its 0100: a terminal can keep this across restarts."""
+
+    processing_code: ProcessingCode
+    amount: int
+    stan: str
+    transmission_time: str
+
+    @classmethod
+    def of(cls, prepared: PreparedAuth) -> Original:
+        request = prepared.request
+        return cls(request.processing_code, request.amount, *prepared.identity)
+
+
 # Fields a response echoes from its request; compared whenever both carry them.
 _ECHOED: Final = ("processing_code", "amount", "transmission_time", "stan", "ksn", "rrn")
 
@@ -341,7 +355,7 @@ class Terminal:
 
     def confirm(
         self,
-        original: PreparedAuth,
+        original: PreparedAuth | Original,
         rrn: str,
         *,
         processing_code: ProcessingCode | None = None,
@@ -349,35 +363,37 @@ class Terminal:
     ) -> PreparedConfirm:
         """0220 for `original`: new STAN and field 7, 37 and 90 naming the 0100. Fields 3 and
         4 are the original's unless overridden (a negative test: the switch answers 13)."""
+        ref = original if isinstance(original, Original) else Original.of(original)
         stamp = self._stamp()
         request = messages.ConfirmAdvice(
-            processing_code=processing_code or original.request.processing_code,
-            amount=original.request.amount if amount is None else amount,
+            processing_code=processing_code or ref.processing_code,
+            amount=ref.amount if amount is None else amount,
             transmission_time=stamp.transmission_time,
             stan=stamp.stan,
             rrn=rrn,
             ksn=stamp.ksn.to_bytes(),
-            original=OriginalData(Mti.AUTH_REQUEST, *original.identity),
+            original=OriginalData(Mti.AUTH_REQUEST, ref.stan, ref.transmission_time),
         )
         return _sign(request, stamp, messages.ConfirmResponse)
 
     def reverse(
         self,
-        original: PreparedAuth,
+        original: PreparedAuth | Original,
         rrn: str | None,
         *,
         processing_code: ProcessingCode | None = None,
         amount: int | None = None,
     ) -> PreparedReversal:
         """0400 for `original`; `rrn` is None when no 0110 arrived."""
+        ref = original if isinstance(original, Original) else Original.of(original)
         stamp = self._stamp()
         request = messages.ReversalAdvice(
-            processing_code=processing_code or original.request.processing_code,
-            amount=original.request.amount if amount is None else amount,
+            processing_code=processing_code or ref.processing_code,
+            amount=ref.amount if amount is None else amount,
             transmission_time=stamp.transmission_time,
             stan=stamp.stan,
             ksn=stamp.ksn.to_bytes(),
-            original=OriginalData(Mti.AUTH_REQUEST, *original.identity),
+            original=OriginalData(Mti.AUTH_REQUEST, ref.stan, ref.transmission_time),
             rrn=rrn,
         )
         return _sign(request, stamp, messages.ReversalResponse)

@@ -84,12 +84,17 @@ async def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     print(f"switch listening on {settings.listen_host}:{switch.port}; metrics on "
           f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     async with ctx.connection() as conn:
-        terminals = await burst.demo_terminals(conn, ctx.keys())
-    print(await burst.run_burst(settings.listen_host, switch.port, terminals), flush=True)
+        terminals = await burst.demo_terminals(conn, ctx.keys(), burst.BURST_TERMINAL_SUFFIX)
+    print(f"demo traffic: {burst.BURST_SECONDS:g} s of two-phase purchases from "
+          f"{', '.join(t.tid for t in terminals)}", flush=True)
+    report = await burst.run_burst(settings.listen_host, switch.port, terminals)
+    print(report.text(), flush=True)
     if args.once:
         await switch.stop()
         return await cmd_check(ctx, args)
-    print("serving; stop with Ctrl-C or SIGTERM", flush=True)
+    print(f"serving terminals on {settings.listen_host}:{switch.port}, metrics on "
+          f"http://{settings.metrics_host}:{settings.metrics_port}/metrics; stop with Ctrl-C "
+          "or SIGTERM", flush=True)
     await switch.serve_until_signalled()
     return 0
 
