@@ -82,7 +82,7 @@ async def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     await switch.start()
     settings = ctx.settings
     print(f"switch listening on {settings.listen_host}:{switch.port}; metrics on "
-          f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+          f"http://{settings.metrics_host}:{switch.metrics_port}/metrics")
     async with ctx.connection() as conn:
         terminals = await burst.demo_terminals(conn, ctx.keys(), burst.BURST_TERMINAL_SUFFIX)
     print(f"demo traffic: {burst.BURST_SECONDS:g} s of two-phase purchases from "
@@ -93,7 +93,7 @@ async def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
         await switch.stop()
         return await cmd_check(ctx, args)
     print(f"serving terminals on {settings.listen_host}:{switch.port}, metrics on "
-          f"http://{settings.metrics_host}:{settings.metrics_port}/metrics; stop with Ctrl-C "
+          f"http://{settings.metrics_host}:{switch.metrics_port}/metrics; stop with Ctrl-C "
           "or SIGTERM", flush=True)
     await switch.serve_until_signalled()
     return 0
