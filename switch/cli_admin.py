@@ -15,7 +15,7 @@ from typing import Any
 from protocol.cardblock import mask_pan
 from protocol.dukpt import derive_initial_key
 from simulator import profile
-from switch import cli_campaigns, demo, keys, ledger, registry
+from switch import cli_campaigns, cli_profile, demo, keys, ledger, registry
 from switch.cli_context import CommandError, Context
 from switch.cli_context import print_table as _table
 from switch.pricing import FeePlan
@@ -106,7 +106,7 @@ def _terminal(groups: Any) -> None:
     p.add_argument("--profile", type=Path, metavar="FILE",
                    help="write a simulator profile (mode 0600) instead of printing the key")
     _switch_option(p)
-    p = _command(sub, "profile", cmd_terminal_profile,
+    p = _command(sub, "profile", cli_profile.cmd_terminal_profile,
                  "write simulator profiles (TID, initial key, current KSN counter; mode 0600)")
     p.add_argument("tids", nargs="+", metavar="TID")
     out = p.add_mutually_exclusive_group(required=True)
@@ -253,9 +253,9 @@ async def cmd_bdk_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_terminal_add(ctx: Context, args: argparse.Namespace) -> int:
-    address = _address(ctx, args)
+    address = cli_profile.switch_address(ctx, args)
     if args.profile is not None:
-        _check_profile_target(args.profile, new=True)
+        cli_profile.check_target(args.profile, new=True)
     store = ctx.keys()
     bdk = store.bdk(args.bdk_id)
     async with ctx.transaction() as conn:
@@ -271,56 +271,6 @@ async def cmd_terminal_add(ctx: Context, args: argparse.Namespace) -> int:
         print(f"initial key written to the profile {args.profile} (mode 0600)")
         return 0
     print(f"initial key:    {initial_key.hex().upper()}   (shown once: inject it now)")
-    return 0
-
-
-def _address(ctx: Context, args: argparse.Namespace) -> tuple[str, int]:
-    """Where a profile says the switch is: --switch, else the configured listener."""
-    if args.switch is None:
-        host = ctx.settings.listen_host
-        return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host,  # noqa: S104
-                ctx.settings.listen_port)
-    host, sep, port = args.switch.rpartition(":")
-    if not (sep and host and port.isdigit() and 1 <= int(port) <= 65535):
-        raise CommandError(f"--switch {args.switch!r}: want HOST:PORT")
-    return host, int(port)
-
-
-def _check_profile_target(path: Path, *, new: bool) -> None:
-    if new and path.exists():
-        raise CommandError(f"profile {path} already exists (it holds another terminal's "
-                           "state); choose another file")
-    if not path.parent.is_dir():
-        raise CommandError(f"folder {path.parent} does not exist")
-
-
-async def cmd_terminal_profile(ctx: Context, args: argparse.Namespace) -> int:
-    address = _address(ctx, args)
-    if args.out is not None and len(args.tids) != 1:
-        raise CommandError("--out takes one TID; use --out-dir for several")
-    targets = ([args.out] if args.out is not None
-               else [args.out_dir / f"{tid}.json" for tid in args.tids])
-    for path in targets:
-        _check_profile_target(path, new=False)
-    store = ctx.keys()
-    async with ctx.transaction() as conn:
-        rows = {r["tid"]: r for r in await conn.fetch(
-            """SELECT tid, status, bdk_id, derivation_id, ksn_counter_max FROM terminal
-               WHERE tid = any($1::text[])""", args.tids)}
-    missing = [tid for tid in args.tids if tid not in rows]
-    if missing:
-        raise CommandError(f"no terminal {', '.join(missing)}")
-    made = []
-    for tid, path in zip(args.tids, targets, strict=True):
-        r = rows[tid]
-        ik_id = bytes.fromhex(r["bdk_id"] + r["derivation_id"])
-        made.append((path, profile.Profile(
-            tid, ik_id, derive_initial_key(store.bdk(r["bdk_id"]), ik_id), *address,
-            ksn_counter=r["ksn_counter_max"])))
-    for path, made_profile in made:  # every key derived before the first file is written
-        profile.save(path, made_profile)
-        print(f"profile of {made_profile.tid} written to {path} (mode 0600; KSN counter "
-              f"{made_profile.ksn_counter})")
     return 0
 
 

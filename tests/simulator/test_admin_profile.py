@@ -15,7 +15,7 @@ from protocol.dukpt import derive_initial_key
 from simulator import profile as profiles
 from switch import keys
 from switch.cli import main
-from tests.switch.test_cli import cli  # noqa: F401  (a fixture)
+from tests.switch.conftest import cli  # noqa: F401  (the admin CLI fixture)
 
 
 @pytest.fixture
