@@ -15,6 +15,7 @@ from typing import Any
 import uvloop
 
 from settlement import cli as cli_settle
+from simulator import cli as simulator_cli
 from switch import cli_admin, cli_db, logs
 from switch.cli_context import CommandError, Context
 from switch.config import ConfigError, load_settings
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loyalty",
         description="The loyalty switch: terminals, ledger, settlement and tools.",
+        epilog="`loyalty sim ARGS` runs the terminal simulator, the same as `sim ARGS`.",
     )
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="TOML settings file (also LOYALTY_CONFIG)")
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sim"]:  # `loyalty sim ...` is `sim ...`
+        return simulator_cli.main(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

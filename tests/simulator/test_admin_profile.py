@@ -88,3 +88,10 @@ def test_run_once_drives_the_burst_and_prints_the_load_report(db_url, tmp_path, 
                  "request (0100): p50", "confirm (0220): p50", "response codes, request: 00:"):
         assert line in out
     assert re.search(r"db check: \d+ invariants hold, 0 violated", out.split("load: 3")[1])
+
+
+def test_loyalty_sim_is_the_sim_command(capsys) -> None:
+    assert main(["sim", "scenario", "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["barber-sadaf", "cafe-lale", "hyper-setareh"]
+    assert main(["sim", "echo", "--profile", "/nonexistent/p.json"]) == 2
+    assert "does not exist" in capsys.readouterr().err
