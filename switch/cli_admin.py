@@ -15,7 +15,7 @@ from typing import Any
 from protocol.cardblock import mask_pan
 from protocol.dukpt import derive_initial_key
 from simulator import profile
-from switch import cli_campaigns, cli_profile, demo, keys, ledger, registry
+from switch import cli_campaigns, cli_pricing, cli_profile, demo, keys, ledger, registry
 from switch.cli_context import CommandError, Context
 from switch.cli_context import print_table as _table
 from switch.pricing import FeePlan
@@ -43,7 +43,7 @@ def add_commands(commands: Any) -> None:
                                 "cards, campaigns", description="Registry administration.")
     groups = admin.add_subparsers(dest="admin_group", required=True, metavar="OBJECT")
     for add in (_network, _merchant, _bdk, _terminal, _member, _card, _bank_card, _topup,
-                cli_campaigns.add_group):
+                cli_campaigns.add_group, cli_pricing.add_quote):
         add(groups)
 
 
@@ -154,6 +154,7 @@ def _card(groups: Any) -> None:
     p.add_argument("--expiry", required=True, help="YYMM")
     p = _command(sub, "list", cmd_card_list, "list cards with balances")
     p.add_argument("--member", type=int, dest="member_id")
+    cli_pricing.add_card_history(sub)
 
 
 def _bank_card(groups: Any) -> None:

@@ -69,6 +69,9 @@ class Settings(BaseModel):
     hold_sweep_interval_s: float = Field(default=5.0, gt=0, le=3_600)
     hold_sweep_batch_max: int = Field(default=500, ge=1, le=100_000)
 
+    # Campaigns: points granted by a rule (which names no expiry) last this long.
+    points_expiry_days: int = Field(default=365, ge=1, le=3_650)
+
     # Shaparak fee defaults (rials; basis points), used when pricing bank-card purchases.
     shaparak_fee_fixed_rial: int = Field(default=1_200, ge=0)
     shaparak_fee_threshold_rial: int = Field(default=6_000_000, ge=0)

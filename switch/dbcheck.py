@@ -132,6 +132,43 @@ CHECKS: tuple[Check, ...] = (
            WHERE x.settlement_window_id IS DISTINCT FROM i.window_id""",
     ),
     Check(
+        "every store-credit and points account's open lots sum to its ledger balance",
+        "SELECT count(*) FROM ledger_account WHERE kind IN ('card_credit', 'card_points')",
+        """SELECT a.id, a.key, a.credits_posted - a.debits_posted, coalesce(sum(l.remaining), 0)
+           FROM ledger_account a LEFT JOIN ledger_lot l ON l.account_id = a.id
+           WHERE a.kind IN ('card_credit', 'card_points')
+           GROUP BY a.id HAVING a.credits_posted - a.debits_posted
+                                <> coalesce(sum(l.remaining), 0)""",
+    ),
+    Check(
+        "every campaign's used budget is what its live transactions reserved",
+        "SELECT count(*) FROM campaign WHERE budget_rial IS NOT NULL",
+        """SELECT k.id, k.budget_used_rial, coalesce(sum(v.amount), 0) FROM campaign k
+           LEFT JOIN (SELECT v.rule_id, v.amount FROM txn_reservation v
+                      JOIN txn x ON x.id = v.txn_id AND x.state <> 'VOIDED' WHERE v.budget) v
+                  ON v.rule_id = k.id
+           WHERE k.budget_rial IS NOT NULL
+           GROUP BY k.id HAVING k.budget_used_rial <> coalesce(sum(v.amount), 0)""",
+    ),
+    Check(
+        "every card's daily amount per rule is what its live transactions reserved",
+        "SELECT count(*) FROM card_rule_day",
+        """SELECT d.rule_id, d.day, d.granted, coalesce(sum(v.amount), 0) FROM card_rule_day d
+           LEFT JOIN (SELECT v.* FROM txn_reservation v
+                      JOIN txn x ON x.id = v.txn_id AND x.state <> 'VOIDED' WHERE v.daily) v
+                  ON (v.pan_hash, v.rule_id, v.day) = (d.pan_hash, d.rule_id, d.day)
+           GROUP BY d.pan_hash, d.rule_id, d.day
+           HAVING d.granted <> coalesce(sum(v.amount), 0)""",
+    ),
+    Check(
+        "every priced transaction's discount is the sum of its discount grants",
+        "SELECT count(*) FROM txn WHERE pricing IS NOT NULL",
+        """SELECT x.rrn FROM txn x LEFT JOIN txn_grant g
+                  ON g.txn_id = x.id AND g.effect = 'discount'
+           WHERE x.pricing IS NOT NULL
+           GROUP BY x.id HAVING (x.quote->>'discount')::bigint <> coalesce(sum(g.amount), 0)""",
+    ),
+    Check(
         "the ledger as a whole balances, per unit",
         "SELECT count(DISTINCT unit) FROM ledger_account",
         """SELECT t.unit FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id

@@ -9,16 +9,18 @@ outcome, so that a stored outcome always rebuilds the same response.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
 from typing import Any
 
 from protocol.fields import AccountType, AmountType, ProcessingCode, ResponseCode
 from protocol.messages import AuthRequest, AuthResponse, response_to
 from protocol.values import AmountBlock
-from switch import ledger
+from switch import campaign_pricing, ledger
 from switch.context import SHAPARAK_CONFIRM_WINDOW
 from switch.pricing import FeePlan, Quote, ShaparakFeeRule, quote_purchase, refund_share
+from switch.rules import Rule
 from switch.store import AuthArgs, Outcome
 
 PC = ProcessingCode
@@ -57,18 +59,38 @@ def price(kind: str, basis: Mapping[str, Any], shaparak: ShaparakFeeRule) -> Quo
     return quote_purchase(amount, plan, None)
 
 
+@dataclass(frozen=True, slots=True)
+class Campaigns:
+    """What pricing with campaigns needs beyond the basis: the rules the basis names (parsed,
+    from the processor's cache), the switch's clock and how long points last."""
+
+    rules: Sequence[Rule]
+    now: datetime
+    points_expiry_days: int
+
+
 def auth_args(req: AuthRequest, shaparak: ShaparakFeeRule, fee_plan: Mapping[str, Any] | None,
-              basis: Mapping[str, Any] | None = None) -> AuthArgs:
+              basis: Mapping[str, Any] | None = None, campaigns: Campaigns | None = None,
+              bank_bin: str | None = None) -> AuthArgs:
     """The 0100's arguments, priced on `basis` if given, else on a guess: a purchase of the
     whole amount on the device's last known `fee_plan`. Without a guess the database
-    answers with the basis (store.PriceAgain) and the caller prices again."""
+    answers with the basis (store.PriceAgain) and the caller prices again. A basis that
+    names campaigns is priced by the engine with `campaigns` (required then)."""
     pc = req.processing_code
     kind = kind_of(pc)
     data = req.additional_data
     if basis is None and kind in PURCHASES and fee_plan is not None:
         basis = {**fee_plan, "amount": req.amount}
     quote: Quote | None = None
-    if kind == "topup":  # the whole amount is credited; nothing to price on
+    breakdown: dict[str, Any] | None = None
+    if basis is not None and campaign_pricing.has_campaigns(basis):
+        assert campaigns is not None, "a basis with campaigns is priced with their rules"
+        request = campaign_pricing.Request(
+            code=pc, now=campaigns.now, bank_bin=bank_bin,
+            categories=(data.item_categories or ()) if data else ())
+        quote, breakdown = campaign_pricing.price(basis, campaigns.rules, request, shaparak,
+                                                  campaigns.points_expiry_days)
+    elif kind == "topup":  # the whole amount is credited; nothing to price on
         quote = Quote(amount=req.amount, discount=0, payable=req.amount, network_fee=0,
                       shaparak_fee=0)
     elif basis is not None:
@@ -79,7 +101,8 @@ def auth_args(req: AuthRequest, shaparak: ShaparakFeeRule, fee_plan: Mapping[str
         original_rrn=data.original_rrn if data else None, refund_of=_REFUND_OF.get(pc),
         bank_window=SHAPARAK_CONFIRM_WINDOW,
         basis=None if basis is None else json.dumps(basis),
-        quote=None if quote is None else _quote_json(quote))
+        quote=None if quote is None else _quote_json(quote),
+        pricing=None if breakdown is None else json.dumps(breakdown))
 
 
 _QUOTE_FIELDS = tuple(f.name for f in fields(Quote))
@@ -104,6 +127,12 @@ def quote_blocks(q: Quote, *, psp_fee: bool = False, rewards: bool = False
         blocks += [AmountBlock(AccountType.STORE_CREDIT, AmountType.CASHBACK, q.cashback),
                    AmountBlock(AccountType.POINTS, AmountType.POINTS_EARNED, q.points)]
     return tuple(blocks)
+
+
+def _earns(q: Quote) -> bool:
+    """Whether a club purchase's 0110 shows the cashback and points blocks: when it earns
+    any (a campaign granted them); a purchase without campaigns keeps its 0110 as before."""
+    return q.cashback > 0 or q.points > 0
 
 
 def balance_blocks(account_type: AccountType, b: ledger.Balance) -> tuple[AmountBlock, ...]:
@@ -149,5 +178,8 @@ def _approved_blocks(o: Outcome) -> tuple[AmountBlock, ...]:
     if o.approved is not None:  # a partial approval names what it approved
         blocks += (AmountBlock(AccountType.STORE_CREDIT, AmountType.APPROVED, o.approved),)
     if o.quote is not None and o.kind in ("club_purchase", "credit_purchase"):
-        blocks += quote_blocks(o.quote)
+        blocks += quote_blocks(o.quote, rewards=_earns(o.quote))
+    elif o.quote is not None and o.kind == "topup" and o.quote.cashback:
+        blocks += (AmountBlock(AccountType.STORE_CREDIT, AmountType.CASHBACK,
+                               o.quote.cashback),)
     return blocks + reported_balances(o)

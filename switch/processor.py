@@ -42,7 +42,8 @@ from protocol.fields import FieldValueError, Mti, ResponseCode
 from protocol.layout import FIELD_CODECS
 from protocol.mac import compute_mac, verify_mac
 from protocol.spec import decode_fields
-from switch import cardcheck, metrics, phase1, phase2, store
+from switch import campaign_pricing, cardcheck, metrics, phase1, phase2, store
+from switch.campaign_cache import Parse, RuleCache
 from switch.config import Settings
 from switch.context import shaparak_rule
 
@@ -175,10 +176,14 @@ def _resolved(mmddhhmmss: str, now: datetime) -> datetime | None:
 _REFUSAL_CODES = {"time_window": ResponseCode.TIME_OUT_OF_WINDOW,
                   "format_error": ResponseCode.FORMAT_ERROR}
 # How often one request may be priced again: each time the database saw another basis than
-# the call was priced on (first purchase of a device, a changed fee plan, a partial approval,
-# a refund). Three cover every case but a basis that keeps changing under load: 91.
-_PRICINGS_MAX = 3
+# the call was priced on (first purchase of a device, a changed fee plan, a partial
+# approval, a refund; with campaigns in scope always once, for the member's state). A
+# campaign budget running out under concurrent purchases adds at most two: the remainder
+# drops below a grant, then the clipped last grant goes to another purchase. Four cover
+# that; a basis that keeps changing beyond it is answered 91.
+_PRICINGS_MAX = 4
 _FEE_PLANS_MAX = 100_000
+_RULES_CACHED_MAX = 10_000  # parsed campaign rules (id, version) kept by the processor
 
 
 class _PriceUnsettled(Exception):  # noqa: N818  (answered 91: safe to retry)
@@ -199,7 +204,8 @@ class Processor:
     """The switch's request handler (see the module docstring)."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, host_keys: HostKeys,
-                 pan_hash: Callable[[str], bytes], clock: Clock = utc_now) -> None:
+                 pan_hash: Callable[[str], bytes], clock: Clock = utc_now,
+                 rule_parser: Parse | None = None) -> None:
         self._pool = pool
         self._settings = settings
         self._host_keys = host_keys
@@ -211,6 +217,8 @@ class Processor:
         # The fee plan the database last stated for each device (by initial key ID): a
         # purchase is priced on it, and the database confirms it or states the new one.
         self._fee_plans: dict[bytes, dict[str, Any]] = {}
+        self._rules = (RuleCache(_RULES_CACHED_MAX) if rule_parser is None
+                       else RuleCache(_RULES_CACHED_MAX, rule_parser))
 
     async def handle(self, frame: bytes, peer: object = None) -> bytes | None:
         started = time.perf_counter()
@@ -361,12 +369,24 @@ class Processor:
                 assert isinstance(request, m.AuthRequest) and call.auth is not None
                 if call.auth.kind in phase1.PURCHASES:
                     self._remember_fee_plan(ksn.initial_key_id, again.basis)
-                call = dataclasses.replace(call, auth=phase1.auth_args(
-                    request, self._shaparak, None, again.basis))
+                call = dataclasses.replace(call, auth=await self._priced(
+                    conn, request, call, again.basis))
             except _DB_RETRY:
                 retries += 1
                 if retries > self._settings.db_retries_max:
                     raise
+
+    async def _priced(self, conn: asyncpg.Connection, request: m.AuthRequest, call: _Call,
+                      basis: dict[str, Any]) -> store.AuthArgs:
+        """The 0100's arguments priced on `basis`, with the campaigns it names."""
+        assert call.auth is not None
+        if not campaign_pricing.has_campaigns(basis):
+            return phase1.auth_args(request, self._shaparak, None, basis)
+        campaigns = phase1.Campaigns(
+            rules=await self._rules.rules(conn, basis["campaigns"]), now=call.request.now,
+            points_expiry_days=self._settings.points_expiry_days)
+        bank_bin = call.card.pan_bin if call.card and call.auth.kind == "bank_purchase" else None
+        return phase1.auth_args(request, self._shaparak, None, basis, campaigns, bank_bin)
 
     def _remember_fee_plan(self, initial_key_id: bytes, basis: dict[str, Any]) -> None:
         if len(self._fee_plans) >= _FEE_PLANS_MAX:

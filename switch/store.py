@@ -61,6 +61,7 @@ class AuthArgs(NamedTuple):
     bank_window: timedelta
     basis: str | None  # JSON: what `quote` was priced on; None: not priced yet
     quote: str | None  # JSON: pricing.Quote.to_json()
+    pricing: str | None  # JSON: campaign_pricing.pricing_json(); None without campaigns
 
 
 class AdviceArgs(NamedTuple):
@@ -164,3 +165,10 @@ async def sweep(conn: asyncpg.Connection, now: datetime, limit: int) -> int:
     """Void up to `limit` expired PENDING transactions (one transaction); how many."""
     swept: int = await conn.fetchval("SELECT switch_sweep($1, $2)", now, limit)
     return swept
+
+
+async def expire_lots(conn: asyncpg.Connection, now: datetime, limit: int) -> int:
+    """Expire up to `limit` store-credit and points lots due at `now` (one transaction);
+    how many (migrations/0014_lot_expiry.sql)."""
+    expired: int = await conn.fetchval("SELECT switch_expire_lots($1, $2)", now, limit)
+    return expired

@@ -1,5 +1,7 @@
 """Hold expiry: PENDING transactions whose hold (or Shaparak confirm window) has passed
-are voided and their holds released, by a background task that also runs at start-up.
+are voided and their holds (and campaign reservations) released, by a background task that
+also runs at start-up. The same task expires store-credit and points lots past their
+expiry, each back to its issuer (migrations/0014_lot_expiry.sql), in bounded batches too.
 
 Several switch processes may sweep at once: rows are claimed with FOR UPDATE SKIP LOCKED,
 so each expired transaction is voided by exactly one of them, and a confirm racing the
@@ -16,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import asyncpg
@@ -33,12 +35,28 @@ async def sweep_once(conn: asyncpg.Connection, now: datetime, batch_max: int) ->
     return swept
 
 
+async def expire_lots_once(conn: asyncpg.Connection, now: datetime, batch_max: int) -> int:
+    """Expire up to `batch_max` due lots in one database transaction."""
+    return await store.expire_lots(conn, now, batch_max)
+
+
 async def sweep_all(pool: asyncpg.Pool, now: datetime, batch_max: int) -> int:
-    """Sweep until nothing expired is left (bounded batches, one commit each)."""
+    """Sweep holds, then lots, until nothing expired is left (bounded batches, one commit
+    each); how many holds were swept."""
+    total = await _until_done(pool, now, batch_max, sweep_once)
+    lots = await _until_done(pool, now, batch_max, expire_lots_once)
+    if lots:
+        log.info("expired %d lot(s)", lots)
+    return total
+
+
+async def _until_done(pool: asyncpg.Pool, now: datetime, batch_max: int,
+                      batch: Callable[[asyncpg.Connection, datetime, int], Awaitable[int]]
+                      ) -> int:
     total = 0
     while True:
         async with pool.acquire() as conn:
-            done = await sweep_once(conn, now, batch_max)  # type: ignore[arg-type]
+            done = await batch(conn, now, batch_max)  # type: ignore[arg-type]
         total += done
         if done < batch_max:
             return total

@@ -8,10 +8,12 @@ field-7 window are tested by moving the clock, never by sleeping.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -90,11 +92,10 @@ class Env:
         return rows
 
 
-@pytest.fixture
-async def env(admin_url: str, demo_template: tuple[str, Path], request: pytest.FixtureRequest
-              ) -> AsyncIterator[Env]:
-    """The switch on a fresh copy of the demo database; with the `serve_metrics` mark it
-    also serves /metrics on a free port (`env.switch.metrics_port`)."""
+@contextlib.asynccontextmanager
+async def running_env(admin_url: str, demo_template: tuple[str, Path], **switch_options: Any
+                      ) -> AsyncIterator[Env]:
+    """A switch on a fresh copy of the demo database; `db check` when it ends."""
     template, key_file = demo_template
     name = await create_database(admin_url, template)
     url = db.with_database(admin_url, name)
@@ -102,8 +103,7 @@ async def env(admin_url: str, demo_template: tuple[str, Path], request: pytest.F
                              hold_sweep_interval_s=3600, db_pool_size_min=1,
                              db_pool_size_max=8, metrics_port=0)
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
-    switch = Switch(settings, clock=clock, database_url=url,
-                    serve_metrics=request.node.get_closest_marker("serve_metrics") is not None)
+    switch = Switch(settings, clock=clock, database_url=url, **switch_options)
     await switch.start()
     conn = await asyncpg.connect(url)
     rows = await conn.fetch("SELECT tid, bdk_id || derivation_id AS ik FROM terminal")
@@ -118,6 +118,16 @@ async def env(admin_url: str, demo_template: tuple[str, Path], request: pytest.F
             await assert_ledger_ok(url)
         finally:
             await drop_database(admin_url, name)
+
+
+@pytest.fixture
+async def env(admin_url: str, demo_template: tuple[str, Path], request: pytest.FixtureRequest
+              ) -> AsyncIterator[Env]:
+    """The switch on a fresh copy of the demo database; with the `serve_metrics` mark it
+    also serves /metrics on a free port (`env.switch.metrics_port`)."""
+    serve_metrics = request.node.get_closest_marker("serve_metrics") is not None
+    async with running_env(admin_url, demo_template, serve_metrics=serve_metrics) as environment:
+        yield environment
 
 
 @pytest.fixture

