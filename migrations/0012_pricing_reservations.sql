@@ -18,14 +18,37 @@
 -- nothing. The per-card, per-day amounts are compared exactly; an advisory lock per card
 -- (by PAN hash) taken before the basis is read keeps two purchases of one card in order.
 --
--- Reservations are written with the transaction: the campaign's budget_used_rial grows by
--- the rule's grant (the campaign table's CHECK refuses a budget overrun from any writer),
+-- Reservations are written with the transaction: the campaign's budget_used_rial (or, for
+-- points and entries, budget_used_units) grows by the rule's grant (the campaign table's
+-- CHECKs refuse a budget overrun from any writer),
 -- and card_rule_day by the card's grant for the day. A void, a hold expiry or a reversal
 -- gives both back (switch_release_pricing); a confirm changes neither (a reservation that
--- is kept is a spend). Lock order everywhere: campaign rows (id order), card_rule_day,
--- then ledger accounts.
+-- is kept is a spend). Lock order: campaign rows (id order), card_rule_day, then ledger
+-- accounts, except where the ledger must be read first (a store-credit purchase's credit,
+-- a reversal's mirror): two requests of one card meeting in the other order deadlock, and
+-- the switch retries the one Postgres cancels.
 
 ALTER TYPE switch_auth ADD ATTRIBUTE pricing jsonb;  -- the engine's breakdown (phase1.py)
+
+-- Points and lottery campaigns keep their budget (points, entries) in the spec; what they
+-- reserved is counted here, as budget_used_rial counts the rial budgets, and a CHECK keeps
+-- it within the budget whoever writes.
+ALTER TABLE campaign
+    ADD COLUMN budget_used_units bigint NOT NULL DEFAULT 0 CHECK (budget_used_units >= 0),
+    ADD CONSTRAINT campaign_budget_units_within CHECK (budget_used_units <= coalesce(
+        (spec->>'budget_points')::bigint, (spec->>'budget_entries')::bigint, 0));
+
+-- A campaign's budget in its own unit (rials, points or entries; NULL: none) and its use.
+CREATE FUNCTION campaign_budget(k campaign) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(k.budget_rial, (k.spec->>'budget_points')::bigint,
+                    (k.spec->>'budget_entries')::bigint)
+$$;
+
+CREATE FUNCTION campaign_budget_left(k campaign) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT campaign_budget(k) - k.budget_used_rial - k.budget_used_units
+$$;
 
 -- The engine's breakdown of an approved purchase or top-up (grants, reservations, stamp
 -- progress, lottery entries, rules fired); NULL when no campaign was in scope.
@@ -53,7 +76,7 @@ CREATE TABLE txn_reservation (
     txn_id   bigint NOT NULL REFERENCES txn (id),
     rule_id  text NOT NULL,
     amount   bigint NOT NULL CHECK (amount > 0),
-    budget   boolean NOT NULL,  -- counted in campaign.budget_used_rial
+    budget   boolean NOT NULL,  -- counted in campaign.budget_used_rial (or _units)
     daily    boolean NOT NULL,  -- counted in card_rule_day
     pan_hash bytea NOT NULL,
     day      date NOT NULL,     -- the Tehran day of the purchase
@@ -109,10 +132,10 @@ $$;
 -- What remains of each budgeted campaign among `p_campaigns`, by id.
 CREATE FUNCTION switch_remaining(p_campaigns jsonb) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(jsonb_object_agg(k.id, k.budget_rial - k.budget_used_rial), '{}')
+    SELECT coalesce(jsonb_object_agg(k.id, campaign_budget_left(k)), '{}')
     FROM campaign k
     WHERE k.id IN (SELECT x->>0 FROM jsonb_array_elements(p_campaigns) x)
-      AND k.budget_rial IS NOT NULL
+      AND campaign_budget(k) IS NOT NULL
 $$;
 
 -- The campaign part of the basis (see the top of this file).
@@ -140,13 +163,12 @@ BEGIN
                  WHERE (x->>'budget')::boolean)
     ORDER BY id FOR UPDATE;
     SELECT coalesce(bool_and(
-               k.budget_rial - k.budget_used_rial >= (x->>'amount')::bigint
+               campaign_budget_left(k) >= (x->>'amount')::bigint
                AND ((x->>'amount')::bigint < (p.basis->'remaining'->>k.id)::bigint
-                    OR k.budget_rial - k.budget_used_rial
-                       = (p.basis->'remaining'->>k.id)::bigint)), true)
+                    OR campaign_budget_left(k) = (p.basis->'remaining'->>k.id)::bigint)), true)
     INTO v_ok
     FROM jsonb_array_elements(p.pricing->'reservations') x
-    LEFT JOIN campaign k ON k.id = x->>'rule' AND k.budget_rial IS NOT NULL
+    LEFT JOIN campaign k ON k.id = x->>'rule' AND campaign_budget(k) IS NOT NULL
     WHERE (x->>'budget')::boolean;
     RETURN coalesce(v_ok, false);
 END $$;
@@ -196,7 +218,11 @@ BEGIN
     SELECT p_txn, x->>'rule', (x->>'amount')::bigint, (x->>'budget')::boolean,
            (x->>'daily')::boolean, c.pan_hash, switch_local_day(r.now)
     FROM jsonb_array_elements(p.pricing->'reservations') x;
-    UPDATE campaign k SET budget_used_rial = k.budget_used_rial + v.amount
+    UPDATE campaign k
+    SET budget_used_rial = k.budget_used_rial
+                           + CASE WHEN k.budget_rial IS NULL THEN 0 ELSE v.amount END,
+        budget_used_units = k.budget_used_units
+                            + CASE WHEN k.budget_rial IS NULL THEN v.amount ELSE 0 END
     FROM txn_reservation v WHERE v.txn_id = p_txn AND v.budget AND k.id = v.rule_id;
     INSERT INTO card_rule_day AS d (pan_hash, rule_id, day, granted)
     SELECT v.pan_hash, v.rule_id, v.day, v.amount FROM txn_reservation v
@@ -214,7 +240,11 @@ BEGIN
     PERFORM 1 FROM campaign
     WHERE id IN (SELECT rule_id FROM txn_reservation WHERE txn_id = x.id AND budget)
     ORDER BY id FOR UPDATE;
-    UPDATE campaign k SET budget_used_rial = k.budget_used_rial - v.amount
+    UPDATE campaign k
+    SET budget_used_rial = k.budget_used_rial
+                           - CASE WHEN k.budget_rial IS NULL THEN 0 ELSE v.amount END,
+        budget_used_units = k.budget_used_units
+                            - CASE WHEN k.budget_rial IS NULL THEN v.amount ELSE 0 END
     FROM txn_reservation v WHERE v.txn_id = x.id AND v.budget AND k.id = v.rule_id;
     UPDATE card_rule_day d SET granted = d.granted - v.amount
     FROM txn_reservation v

@@ -142,13 +142,14 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "every campaign's used budget is what its live transactions reserved",
-        "SELECT count(*) FROM campaign WHERE budget_rial IS NOT NULL",
-        """SELECT k.id, k.budget_used_rial, coalesce(sum(v.amount), 0) FROM campaign k
+        "SELECT count(*) FROM campaign k WHERE campaign_budget(k) IS NOT NULL",
+        """SELECT k.id, k.budget_used_rial + k.budget_used_units, coalesce(sum(v.amount), 0)
+           FROM campaign k
            LEFT JOIN (SELECT v.rule_id, v.amount FROM txn_reservation v
                       JOIN txn x ON x.id = v.txn_id AND x.state <> 'VOIDED' WHERE v.budget) v
                   ON v.rule_id = k.id
-           WHERE k.budget_rial IS NOT NULL
-           GROUP BY k.id HAVING k.budget_used_rial <> coalesce(sum(v.amount), 0)""",
+           GROUP BY k.id
+           HAVING k.budget_used_rial + k.budget_used_units <> coalesce(sum(v.amount), 0)""",
     ),
     Check(
         "every card's daily amount per rule is what its live transactions reserved",

@@ -46,7 +46,7 @@ async def sweep_all(pool: asyncpg.Pool, now: datetime, batch_max: int) -> int:
     total = await _until_done(pool, now, batch_max, sweep_once)
     lots = await _until_done(pool, now, batch_max, expire_lots_once)
     if lots:
-        log.info("expired %d lot(s)", lots)
+        log.info("lots_expired", extra={"count": lots})
     return total
 
 
