@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from switch.campaign_file import rules_from_stored
 from switch.rules import Rule
 
 Parse = Callable[[Sequence[Any]], list[Rule]]
@@ -29,7 +30,7 @@ def _parse_stored(rows: Sequence[Any]) -> list[Rule]:
 
 
 class RuleCache:
-    def __init__(self, size_max: int, parse: Parse = _parse_stored) -> None:
+    def __init__(self, size_max: int, parse: Parse = rules_from_stored) -> None:
         self._rules: dict[tuple[str, int], Rule] = {}
         self._size_max = size_max
         self._parse = parse

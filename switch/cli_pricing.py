@@ -22,7 +22,7 @@ import asyncpg
 from protocol.cardblock import mask_pan
 from protocol.fields import ProcessingCode
 from switch import campaign_pricing, jalali, phase1
-from switch.campaign_cache import Parse, RuleCache
+from switch.campaign_cache import RuleCache
 from switch.cli_context import CommandError, Context
 from switch.config import Settings
 from switch.context import shaparak_rule
@@ -115,8 +115,7 @@ class Purchase:
     categories: tuple[str, ...] = ()
 
 
-async def price_quote(conn: asyncpg.Connection, settings: Settings, purchase: Purchase,
-                      parse: Parse | None = None
+async def price_quote(conn: asyncpg.Connection, settings: Settings, purchase: Purchase
                       ) -> tuple[Quote, dict[str, Any] | None] | str:
     """Price `purchase` as the request path would, in a read-only transaction: the quote and
     the engine's breakdown (None without campaigns), or "no terminal" / "no card"."""
@@ -132,9 +131,7 @@ async def price_quote(conn: asyncpg.Connection, settings: Settings, purchase: Pu
         basis = json.loads(row["basis"])
         rules: list[Rule] = []
         if campaign_pricing.has_campaigns(basis):
-            cache = RuleCache(_RULES_READ_MAX) if parse is None else RuleCache(
-                _RULES_READ_MAX, parse)
-            rules = await cache.rules(conn, basis["campaigns"])
+            rules = await RuleCache(_RULES_READ_MAX).rules(conn, basis["campaigns"])
     shaparak = shaparak_rule(settings)
     if not campaign_pricing.has_campaigns(basis):
         if purchase.code is PC.TOP_UP_CLUB:  # credited whole, as phase 1 does

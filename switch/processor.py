@@ -4,7 +4,8 @@ Theory of operation. `handle` takes one frame body and returns one response body
 1. decode (a malformed message: 30, unsigned, nothing read from the database);
 2. KSN → BDK and working keys (63); MAC (63, after a read that tells an unknown or inactive
    device, also 63, from a bad MAC); field 62 is decrypted and the request priced here,
-   without the database;
+   without the database (campaign rules it names are parsed once per version and cached,
+   docs/pricing.md);
 3. one database call (`store.handle`, migrations/0007), in one implicit transaction, under a
    per-terminal lock that keeps a terminal's requests in arrival order within this process:
    a. the device is locked, and refused if unknown, inactive or its BDK retired (63);
@@ -43,7 +44,7 @@ from protocol.layout import FIELD_CODECS
 from protocol.mac import compute_mac, verify_mac
 from protocol.spec import decode_fields
 from switch import campaign_pricing, cardcheck, metrics, phase1, phase2, store
-from switch.campaign_cache import Parse, RuleCache
+from switch.campaign_cache import RuleCache
 from switch.config import Settings
 from switch.context import shaparak_rule
 
@@ -204,8 +205,7 @@ class Processor:
     """The switch's request handler (see the module docstring)."""
 
     def __init__(self, pool: asyncpg.Pool, settings: Settings, host_keys: HostKeys,
-                 pan_hash: Callable[[str], bytes], clock: Clock = utc_now,
-                 rule_parser: Parse | None = None) -> None:
+                 pan_hash: Callable[[str], bytes], clock: Clock = utc_now) -> None:
         self._pool = pool
         self._settings = settings
         self._host_keys = host_keys
@@ -217,8 +217,7 @@ class Processor:
         # The fee plan the database last stated for each device (by initial key ID): a
         # purchase is priced on it, and the database confirms it or states the new one.
         self._fee_plans: dict[bytes, dict[str, Any]] = {}
-        self._rules = (RuleCache(_RULES_CACHED_MAX) if rule_parser is None
-                       else RuleCache(_RULES_CACHED_MAX, rule_parser))
+        self._rules = RuleCache(_RULES_CACHED_MAX)
 
     async def handle(self, frame: bytes, peer: object = None) -> bytes | None:
         started = time.perf_counter()

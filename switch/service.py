@@ -20,7 +20,6 @@ import prometheus_client
 
 from protocol.dukpt import HostKeys
 from switch import db, keys, metrics, migrate
-from switch.campaign_cache import Parse
 from switch.config import Settings
 from switch.processor import Clock, Processor, utc_now
 from switch.server import Server, install_signal_handlers
@@ -35,7 +34,6 @@ class Switch:
     clock: Clock = utc_now
     database_url: str | None = None
     serve_metrics: bool = False
-    rule_parser: Parse | None = None  # stored campaigns -> rules; None: campaign_file's
     server: Server | None = field(default=None, init=False)
     pool: asyncpg.Pool | None = field(default=None, init=False)
     _stop: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -71,7 +69,7 @@ class Switch:
         if swept:
             log.info("holds_expired_while_down", extra={"count": swept})
         processor = Processor(self.pool, settings, HostKeys(store.bdks_by_raw_id()),
-                              store.pan_hash, self.clock, self.rule_parser)
+                              store.pan_hash, self.clock)
         self.server = Server(settings, processor)
         await self.server.start()
         self._sweeper = asyncio.create_task(run_sweeper(

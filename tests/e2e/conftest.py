@@ -1,9 +1,9 @@
 """End-to-end fixtures: the real switch on a real port, against a fresh copy of a database
 holding the demo data, driven by the terminal client over TCP.
 
-The demo data is seeded once per session into a template database; each test gets its own
-copy. Time is a `FakeClock` shared by the switch and the terminals, so hold expiry and the
-field-7 window are tested by moving the clock, never by sleeping.
+The demo data is seeded once per session into a template database, its campaigns paused;
+each test gets its own copy. Time is a `FakeClock` shared by the switch and the terminals,
+so hold expiry and the field-7 window are tested by moving the clock, never by sleeping.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ async def demo_template(admin_url: str, template_name: str, tmp_path_factory
     try:
         async with conn.transaction():
             await demo.seed(conn, keys.load_or_create(key_file), key_file)
+            # The request-path tests pin what a purchase does without campaigns (exact
+            # balances); tests/e2e/test_pricing.py adds the campaigns it prices with.
+            await conn.execute("UPDATE campaign SET status = 'paused'")
     finally:
         await conn.close()
     yield name, key_file

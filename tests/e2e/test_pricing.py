@@ -3,37 +3,24 @@ database confirms, budgets reserved under concurrency, the ledger after confirm,
 reversal and expiry, and store-credit lots (spent earliest-expiring first, expired by the
 sweeper under an injected clock). `db check` runs after each test (the fixture).
 
-Campaign rows are stored as the admin stores them; the rules they parse to are given to the
-switch here (`Campaigns.parse`), so these tests pin the request path, not the file format.
+The demo's own campaigns are paused in the e2e template (tests/e2e/conftest.py); each test
+stores the campaigns it prices with, as the admin does (switch/campaign_store.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from protocol.fields import AccountType, AmountType, ProcessingCode, ResponseCode
 from protocol.values import AdditionalData
 from switch import cli_pricing, dbcheck, demo, keys, ledger
+from switch.campaign_file import parse_campaigns
 from switch.campaign_pricing import TEHRAN
-from switch.rules import (
-    NETWORK,
-    Cashback,
-    FixedDiscount,
-    Multiplier,
-    PercentDiscount,
-    Points,
-    Rule,
-    sponsor,
-)
+from switch.campaign_store import store_campaigns
 from switch.sweeper import sweep_all
-from switch.tiers import Tier
-from tests.e2e.conftest import Env, running_env
+from tests.e2e.conftest import Env
 from tests.e2e.support import balance, blocks, merchant_id, net_balances, network_id
 from tests.switch.test_dbcheck import (
     BUDGET_MATCHES,
@@ -48,42 +35,15 @@ NONE, CREDIT, POINTS = AccountType.NONE.value, AccountType.STORE_CREDIT.value, \
 HYPER, CAFE = "hyper-setareh", "cafe-lale"
 
 
-class Campaigns:
-    """The rules the switch parses stored campaign rows into, by id."""
-
-    def __init__(self) -> None:
-        self.rules: dict[str, Rule] = {}
-
-    def parse(self, rows: Any) -> list[Rule]:
-        return [self.rules[row["id"]] for row in rows if row["id"] in self.rules]
-
-
-@pytest.fixture
-async def campaigns() -> Campaigns:
-    return Campaigns()
-
-
-@pytest.fixture
-async def penv(admin_url: str, demo_template: tuple[str, Path], campaigns: Campaigns
-               ) -> AsyncIterator[Env]:
-    async with running_env(admin_url, demo_template, rule_parser=campaigns.parse) as env:
-        yield env
-
-
-async def add(env: Env, campaigns: Campaigns, rule: Rule, merchant: str | None = None) -> None:
-    """Store an active campaign for `rule` (network-wide unless `merchant` is named)."""
-    campaigns.rules[rule.id] = rule
-    await env.conn.execute(
-        """INSERT INTO campaign (id, network_id, merchant_id, kind, priority, spec, status,
-                                 budget_rial)
-           VALUES ($1, $2, $3, $4, $5, '{}', 'active', $6)""",
-        rule.id, await network_id(env), None if merchant is None else
-        await merchant_id(env, merchant), type(rule).__name__, rule.priority, rule.budget)
+async def add(env: Env, **spec: Any) -> None:
+    """Store an active campaign of the demo network, validated as a campaign file is."""
+    await store_campaigns(env.conn, parse_campaigns(
+        {"campaign": [{"network": demo.NETWORK_CODE, **spec}]}, "test"))
 
 
 async def budget_used(env: Env, rule_id: str) -> int:
     used: int = await env.conn.fetchval(
-        "SELECT budget_used_rial FROM campaign WHERE id = $1", rule_id)
+        "SELECT budget_used_rial + budget_used_units FROM campaign WHERE id = $1", rule_id)
     return used
 
 
@@ -95,24 +55,23 @@ async def lots(env: Env, spec: ledger.AccountSpec) -> list[tuple[int, int, Any]]
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def stacked_rules() -> list[Rule]:
-    """A bank co-marketing discount (Melli funds 10 % for its cards, here the member's
-    linked card), the hypermarket's own 5 %, network cashback 2 % for 30 days, network
-    points a point per 10,000 rials, doubled for groceries (5411)."""
-    return [
-        PercentDiscount(id="melli-10", priority=30, bp=1_000, funder=sponsor("melli"),
-                        bin_prefixes=(demo.BANK_BIN,)),
-        PercentDiscount(id="hyper-5", priority=20, bp=500),
-        Cashback(id="net-cashback", priority=10, bp=200, expiry_days=30, funder=NETWORK),
-        Points(id="net-points", rial_per_point=10_000, funder=NETWORK,
-               multipliers=(Multiplier("5411", 20_000),)),
-    ]
+STACKED: list[dict[str, Any]] = [
+    # Melli funds 10 % for its cards (here the member's linked card), the hypermarket its own
+    # 5 %, the network 2 % cashback for 30 days and a point per 10,000 rials, doubled for
+    # groceries (5411).
+    {"id": "melli-10", "kind": "percent_discount", "priority": 30, "bp": 1_000,
+     "funder": "sponsor:melli", "bin_prefixes": [demo.BANK_BIN]},
+    {"id": "hyper-5", "kind": "percent_discount", "priority": 20, "bp": 500, "merchant": HYPER},
+    {"id": "net-cashback", "kind": "cashback", "priority": 10, "bp": 200, "expiry_days": 30,
+     "funder": "network"},
+    {"id": "net-points", "kind": "points", "rial_per_point": 10_000, "funder": "network",
+     "multipliers": [{"category": "5411", "bp": 20_000}]},
+]
 
 
-async def test_stacked_purchase_priced_and_posted_to_each_funder(penv, campaigns):
-    env = penv
-    for rule in stacked_rules():
-        await add(env, campaigns, rule, HYPER if rule.id == "hyper-5" else None)
+async def test_stacked_purchase_priced_and_posted_to_each_funder(env):
+    for spec in STACKED:
+        await add(env, **spec)
     card_id = await env.card_id(0)  # member 0 has a linked Melli card
     hyper, net = await merchant_id(env, HYPER), await network_id(env)
     before = await net_balances(env)
@@ -122,7 +81,7 @@ async def test_stacked_purchase_priced_and_posted_to_each_funder(penv, campaigns
         terminal="HYPR0001", pan_hash=store.pan_hash(demo.demo_club_pan(0)), bank_bin=None,
         code=ProcessingCode.PURCHASE_CLUB, amount=400_000, now=env.clock(),
         categories=("5411",))
-    quoted = await cli_pricing.price_quote(env.conn, env.settings, purchase, campaigns.parse)
+    quoted = await cli_pricing.price_quote(env.conn, env.settings, purchase)
     assert not isinstance(quoted, str)
     assert await net_balances(env) == before
     quote, breakdown = quoted
@@ -186,13 +145,12 @@ async def test_stacked_purchase_priced_and_posted_to_each_funder(penv, campaigns
     assert "points" in earned[1] and "+68" in earned[1] and "Setareh Hypermarket" in earned[1]
 
 
-async def test_budget_runs_out_mid_stream_exactly(penv, campaigns):
+async def test_budget_runs_out_mid_stream_exactly(env):
     """18 purchases on all six terminals at once against a network discount of 10,000
     rials with 55,000 of budget: exactly 55,000 is granted (five whole grants and one of
     5,000); the rest are priced without it and still approved."""
-    env = penv
-    await add(env, campaigns, FixedDiscount(id="net-10k", amount_rial=10_000, budget=55_000,
-                                            funder=NETWORK))
+    await add(env, id="net-10k", kind="fixed_discount", amount_rial=10_000, budget_rial=55_000,
+              funder="network")
     tids = sorted(env.ik_ids)
     clients = [await env.client(tid) for tid in tids]
 
@@ -222,11 +180,10 @@ async def test_budget_runs_out_mid_stream_exactly(penv, campaigns):
         await client.close()
 
 
-async def test_reversal_and_expiry_release_every_reservation(penv, campaigns):
-    env = penv
-    await add(env, campaigns, PercentDiscount(id="cafe-20", bp=2_000, budget=1_000_000,
-                                              daily_limit=15_000), CAFE)
-    await add(env, campaigns, Cashback(id="cafe-back", bp=500, expiry_days=7), CAFE)
+async def test_reversal_and_expiry_release_every_reservation(env):
+    await add(env, id="cafe-20", kind="percent_discount", bp=2_000, budget_rial=1_000_000,
+              daily_limit_rial=15_000, merchant=CAFE)
+    await add(env, id="cafe-back", kind="cashback", bp=500, expiry_days=7, merchant=CAFE)
     before = await net_balances(env)
     client = await env.client("CAFE0001")
     async with client:
@@ -261,13 +218,11 @@ async def test_reversal_and_expiry_release_every_reservation(penv, campaigns):
             if lot[2] is not None] == [0]
 
 
-async def test_cashback_lot_spent_first_then_expired_by_the_sweeper(penv, campaigns):
+async def test_cashback_lot_spent_first_then_expired_by_the_sweeper(env):
     """Card 4 holds network credit that never expires; it earns network cashback that
     expires in 2 days. A partial credit purchase spends the cashback lot first; what is
     left of it expires two days later, back to the issuer, at the sweeper's next run."""
-    env = penv
-    await add(env, campaigns, Cashback(id="net-back", bp=1_000, expiry_days=2,
-                                       funder=NETWORK))
+    await add(env, id="net-back", kind="cashback", bp=1_000, expiry_days=2, funder="network")
     card_id, net = await env.card_id(4), await network_id(env)
     credit = ledger.card_credit(card_id, network_id=net)
     [(old_amount, _, never)] = await lots(env, credit)
@@ -308,11 +263,10 @@ _CORRUPTIONS = [
 ]
 
 
-async def test_db_check_proves_the_pricing_invariants(penv, campaigns):
-    env = penv
-    await add(env, campaigns, PercentDiscount(id="cafe-20", bp=2_000, budget=1_000_000,
-                                              daily_limit=15_000), CAFE)
-    await add(env, campaigns, Cashback(id="cafe-back", bp=500, expiry_days=7), CAFE)
+async def test_db_check_proves_the_pricing_invariants(env):
+    await add(env, id="cafe-20", kind="percent_discount", bp=2_000, budget_rial=1_000_000,
+              daily_limit_rial=15_000, merchant=CAFE)
+    await add(env, id="cafe-back", kind="cashback", bp=500, expiry_days=7, merchant=CAFE)
     client = await env.client("CAFE0001")
     async with client:
         response, prepared = await client.purchase(50_000, demo.demo_club_pan(2),
@@ -331,19 +285,17 @@ async def test_db_check_proves_the_pricing_invariants(penv, campaigns):
             await env.conn.execute(sql.format("+"))
 
 
-async def test_tier_reviewed_on_confirm_up_at_once_down_one_step(penv, campaigns):
+async def test_tier_reviewed_on_confirm_up_at_once_down_one_step(env):
     """With the network's policy (silver from 100,000 rials in 12 months, gold from
     250,000), a confirmed 150,000 purchase makes a bronze card silver and 120,000 more gold,
     after which a gold-only rule prices its purchases; raising the bar takes it down one
     step per review."""
-    env = penv
     await env.conn.execute(
         """INSERT INTO tier_policy (network_id, bronze_spend_rial, silver_spend_rial,
                                     gold_spend_rial, gold_points)
            VALUES ($1, 0, 100000, 250000, 50)""",
         await network_id(env))
-    await add(env, campaigns, PercentDiscount(id="gold-10", bp=1_000,
-                                              tiers=frozenset({Tier.GOLD})))
+    await add(env, id="gold-10", kind="percent_discount", bp=1_000, tiers=["gold"])
     card_id, pan = await env.card_id(7), demo.demo_club_pan(7)
 
     async def tier() -> str:
@@ -363,3 +315,15 @@ async def test_tier_reviewed_on_confirm_up_at_once_down_one_step(penv, campaigns
         response, prepared = await client.purchase(10_000, pan, demo.CARD_EXPIRY)
         await client.confirm(prepared, response.message.rrn)
         assert await tier() == "silver"
+
+
+async def test_points_budget_runs_out_exactly(env):
+    """Points budgets are counted in points: 15 in all, so 10 then the 5 left, then none."""
+    await add(env, id="pts-15", kind="points", rial_per_point=10_000, budget_points=15,
+              merchant=HYPER)
+    client = await env.client("HYPR0002")
+    async with client:
+        for amount, points in ((100_000, 10), (100_000, 5), (100_000, 0)):
+            response, _ = await client.purchase(amount, demo.demo_club_pan(9), demo.CARD_EXPIRY)
+            assert blocks(response).get((POINTS, AmountType.POINTS_EARNED.value), 0) == points
+    assert await budget_used(env, "pts-15") == 15

@@ -58,7 +58,7 @@ def _snapshot(db_url: str) -> dict[str, object]:
     return asyncio.run(read())
 
 
-def test_quote_without_campaigns_prints_fees_and_changes_nothing(demo_cli, db_url):
+def test_quote_at_the_demo_cafe_changes_nothing(demo_cli, db_url):
     pan = demo.demo_club_pan(3)
     before = _snapshot(db_url)
     code, out, err = demo_cli("admin", "quote", "--terminal", "CAFE0001", "--card", pan,
@@ -68,8 +68,23 @@ def test_quote_without_campaigns_prints_fees_and_changes_nothing(demo_cli, db_ur
     assert "1405/01/01 10:00 Tehran" in out  # Nowruz 1405, as the merchant reads it
     assert "payable                  200,000 rial" in out
     assert "network fee                3,000 rial" in out  # the café's 1.5 %
-    assert "rules fired       none" in out
+    assert "stamps                     1 of 10  cafe-lale-stamps" in out  # the first visit
+    assert "rules fired       cafe-lale-stamps" in out
     assert pan not in out + err and f"{pan[:6]}******{pan[-4:]}" in out
+
+
+def test_quote_at_the_demo_hypermarket_stacks_the_bank_the_cashback_and_points(demo_cli):
+    """Member 0 linked a Melli card: Melli's 10 % (its cap 200,000), then the hypermarket's
+    2 % cashback and its points, doubled for groceries (5411)."""
+    code, out, err = demo_cli("admin", "quote", "--terminal", "HYPR0001", "--card",
+                              demo.demo_club_pan(0), "--amount", "1000000",
+                              "--categories", "5411", "--at", "2026-03-21T10:00")
+    assert code == 0, err
+    assert "-100,000 rial  bank-melli-10 (sponsor melli)" in out
+    assert "payable                  900,000 rial" in out
+    assert "network fee                7,700 rial" in out  # 0.8 % + 500
+    assert "18,000 rial  hyper-setareh-cashback (merchant, expires 1405/01/31 10:00)" in out
+    assert "180 pts   hyper-setareh-points (merchant" in out
 
 
 def test_quote_of_a_bank_purchase_charges_shaparak(demo_cli):
