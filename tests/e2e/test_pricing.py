@@ -327,3 +327,22 @@ async def test_points_budget_runs_out_exactly(env):
             response, _ = await client.purchase(amount, demo.demo_club_pan(9), demo.CARD_EXPIRY)
             assert blocks(response).get((POINTS, AmountType.POINTS_EARNED.value), 0) == points
     assert await budget_used(env, "pts-15") == 15
+
+
+async def test_a_basis_that_never_settles_is_answered_91_after_four_pricings(env):
+    """Every call here sees the campaign at a new version (a stand-in for a basis changing
+    under load): the first call and four more pricings, then 91, nothing written."""
+    await add(env, id="cafe-5", kind="percent_discount", bp=500, merchant=CAFE)
+    await env.conn.execute("CREATE SEQUENCE test_versions")
+    await env.conn.execute(
+        """CREATE OR REPLACE FUNCTION switch_campaigns(t switch_terminal) RETURNS jsonb
+           LANGUAGE sql AS $$
+               SELECT jsonb_build_array(jsonb_build_array('cafe-5', nextval('test_versions')))
+           $$""")
+    before = await env.count("txn")
+    client = await env.client("CAFE0001")
+    async with client:
+        response, _ = await client.purchase(10_000, demo.demo_club_pan(11), demo.CARD_EXPIRY)
+    assert response.code is ResponseCode.SWITCH_UNAVAILABLE
+    assert await env.conn.fetchval("SELECT last_value FROM test_versions") == 5
+    assert await env.count("txn") == before

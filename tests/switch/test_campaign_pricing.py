@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from protocol.fields import ProcessingCode
 from switch import campaign_pricing as cp
+from switch.config import ConfigError, load_settings
 from switch.pricing import ShaparakFeeRule
 from switch.rules import (
     NETWORK,
@@ -111,3 +112,14 @@ def test_breakdown_accounts_for_every_rial(amount, remaining, today, minutes):
     assert reserved.get("budget", 0) <= remaining
     assert today + reserved.get("daily", 0) <= 20_000
     assert all(r["amount"] > 0 for r in data["reservations"])
+
+
+@pytest.mark.parametrize(("days", "ok"), [("0", False), ("1", True), ("3650", True),
+                                          ("3651", False)])
+def test_points_expiry_days_bounds(days, ok):
+    environ = {"LOYALTY_POINTS_EXPIRY_DAYS": days}
+    if ok:
+        assert load_settings(environ=environ).points_expiry_days == int(days)
+    else:
+        with pytest.raises(ConfigError, match="points_expiry_days"):
+            load_settings(environ=environ)
