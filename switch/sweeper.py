@@ -97,8 +97,11 @@ async def guarded_tick(pool: asyncpg.Pool, now: datetime, batch_max: int,
 async def run_sweeper(pool: asyncpg.Pool, clock: Callable[[], datetime], interval_s: float,
                       batch_max: int, pending_max: int, stop: asyncio.Event) -> None:
     """Sweep every `interval_s` until `stop` is set; database trouble is retried at the next
-    tick (holds only get older, nothing is lost by waiting)."""
+    tick (holds only get older, nothing is lost by waiting). The first tick comes one
+    interval after the start: the switch ran one round before serving (`Switch.start`), and
+    a second at once would only race whoever reads the gauges first."""
     while not stop.is_set():
-        await guarded_tick(pool, clock(), batch_max, pending_max)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        if not stop.is_set():
+            await guarded_tick(pool, clock(), batch_max, pending_max)
