@@ -62,7 +62,8 @@ async def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
             raise CommandError(f"no merchant {args.merchant!r}")
         rows = await conn.fetch(
             """SELECT c.id, c.kind, n.code AS network, m.code AS merchant, c.status,
-                      c.budget_used_rial, c.budget_rial, c.priority, c.version,
+                      c.budget_used_rial, c.budget_rial, c.budget_used_units, c.priority,
+                      c.version,
                       coalesce(c.spec ->> 'budget_points', c.spec ->> 'budget_entries')
                           AS budget_count
                FROM campaign c JOIN store_network n ON n.id = c.network_id
@@ -110,9 +111,9 @@ async def _set_status(ctx: Context, campaign_id: str, status: str) -> int:
 
 
 def _budget(row: Any) -> str:
-    """Rials used/total; a points or entries budget is shown but not counted (yet)."""
+    """Used/total, in rials, or in points or entries for a budget the spec gives in them."""
     if row["budget_count"] is not None:
         unit = "points" if row["kind"] == "points" else "entries"
-        return f"?/{int(row['budget_count']):,} {unit}"
+        return f"{row['budget_used_units']:,}/{int(row['budget_count']):,} {unit}"
     total = "-" if row["budget_rial"] is None else f"{row['budget_rial']:,}"
     return f"{row['budget_used_rial']:,}/{total}"

@@ -88,7 +88,7 @@ def test_create_list_show_pause_resume(cli, db_url, mall, tmp_path):
                                 "100", "1"]
     assert lines[2].split() == ["mall-friday", "percent_discount", "mall/*", "active",
                                 "0/5,000,000", "10", "1"]
-    assert lines[3].split() == ["mall-points", "points", "mall/*", "active", "?/2,000,000",
+    assert lines[3].split() == ["mall-points", "points", "mall/*", "active", "0/2,000,000",
                                 "points", "0", "1"]
     code, out, _ = cli("admin", "campaign", "list", "--merchant", "cafe", "--json")
     assert [json.loads(line)["id"] for line in out.splitlines()] == [
