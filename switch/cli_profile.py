@@ -3,6 +3,8 @@
 A profile carries a terminal's initial key, so it is written only to a file (mode 0600, by
 simulator.profile.save) and never printed; the KSN counter starts from the one the switch
 last accepted from the terminal, so the simulator's next request is not taken for a replay.
+`--out-dir` makes its folder when it is missing (the documented `--out-dir profiles` works
+on a fresh checkout), but only once every terminal is found and every key derived.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ async def cmd_terminal_profile(ctx: Context, args: argparse.Namespace) -> int:
     targets = ([args.out] if args.out is not None
                else [args.out_dir / f"{tid}.json" for tid in args.tids])
     for path in targets:
-        check_target(path, new=False)
+        # --out-dir may name a folder still to make (after every check, below).
+        if args.out is not None or args.out_dir.exists():
+            check_target(path, new=False)
     store = ctx.keys()
     async with ctx.transaction() as conn:
         rows = {r["tid"]: r for r in await conn.fetch(
@@ -58,6 +62,8 @@ async def cmd_terminal_profile(ctx: Context, args: argparse.Namespace) -> int:
         made.append((path, profile.Profile(
             tid, ik_id, derive_initial_key(store.bdk(r["bdk_id"]), ik_id), *address,
             ksn_counter=r["ksn_counter_max"])))
+    if args.out_dir is not None:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
     for path, made_profile in made:  # every key derived before the first file is written
         profile.save(path, made_profile)
         print(f"profile of {made_profile.tid} written to {path} (mode 0600; KSN counter "

@@ -46,6 +46,15 @@ def test_profiles_are_written_owner_only_with_the_current_counter(loyalty, tmp_p
         assert made.initial_key.hex().upper() not in out
 
 
+def test_out_dir_is_made_when_missing_but_not_for_a_refused_request(loyalty, tmp_path) -> None:
+    folder = tmp_path / "new" / "profiles"
+    code, _, err = loyalty("admin", "terminal", "profile", "CAFE0001", "NOSUCH01",
+                           "--out-dir", str(folder))
+    assert code == 2 and "NOSUCH01" in err and not (tmp_path / "new").exists()
+    code, _, _ = loyalty("admin", "terminal", "profile", "CAFE0001", "--out-dir", str(folder))
+    assert code == 0 and profiles.load(folder / "CAFE0001.json").tid == "CAFE0001"
+
+
 def test_terminal_add_can_write_the_key_to_a_profile_only(loyalty, tmp_path) -> None:
     code, out, _ = loyalty("admin", "bdk", "generate", "--id", "0A0B0C0D")
     assert code == 0
