@@ -152,12 +152,14 @@ def save(path: Path, profile: Profile) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = json.dumps(profile.to_json(), indent=2) + "\n"
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A leftover .tmp (a crash, or a link someone planted) is removed, never written
+    # through: the key goes only into a file made here, owner-only from its first byte.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(body)
         fh.flush()
         os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)  # an existing .tmp keeps its mode through O_CREAT
     os.replace(tmp, path)
 
 

@@ -160,6 +160,19 @@ def test_a_profile_round_trips_owner_only(tmp_path: Path) -> None:
     assert IK.hex() not in repr(made).lower()
 
 
+def test_a_leftover_tmp_link_never_receives_the_key(tmp_path: Path) -> None:
+    """A .tmp left behind (or planted) as a link is replaced, not written through."""
+    spy = tmp_path / "elsewhere.txt"
+    spy.write_text("untouched")
+    spy.chmod(0o644)
+    path = tmp_path / "p.json"
+    (tmp_path / "p.json.tmp").symlink_to(spy)
+    profiles.save(path, profiles.Profile("CAFE0001", IK_ID, IK))
+    assert spy.read_text() == "untouched"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and not path.is_symlink()
+    assert profiles.load(path).initial_key == IK
+
+
 def test_a_profile_file_advances_its_counter_durably(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     profiles.save(path, profiles.Profile("CAFE0001", IK_ID, IK, ksn_counter=10))
