@@ -41,6 +41,16 @@ def _jalali(text: str) -> JalaliDate:
             f"{text!r} is not a Jalali date YYYY/MM/DD ({exc})") from None
 
 
+def _out_dir(text: str) -> Path:
+    """A folder for the files: existing, or makeable (its nearest existing ancestor is a
+    folder). Checked before anything runs, so `run --out` never settles and then fails."""
+    path = Path(text)
+    found = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not found.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {found} is not a folder")
+    return path
+
+
 def _window_id(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a window id")
@@ -59,17 +69,17 @@ def add_commands(commands: Any) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--window", type=_window_id)
     which.add_argument("--cutoff", type=_instant, help="ISO 8601 with offset")
-    p.add_argument("--out", type=Path, help="also export the files into this folder")
+    p.add_argument("--out", type=_out_dir, help="also export the files into this folder")
     p.set_defaults(handler=cmd_run)
     p = sub.add_parser("show", help="list windows, or show one window")
     p.add_argument("window", type=_window_id, nargs="?")
     p.set_defaults(handler=cmd_show)
     p = sub.add_parser("export", help="write a settled window's files")
     p.add_argument("window", type=_window_id)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_dir, required=True)
     p.set_defaults(handler=cmd_export)
     p = sub.add_parser("schedule", help="settle at every cut-off; metrics on their own port")
-    p.add_argument("--out", type=Path, help="export each window's files into this folder")
+    p.add_argument("--out", type=_out_dir, help="export each window's files into this folder")
     p.add_argument("--windows", type=_window_id, help="stop after this many windows")
     p.set_defaults(handler=cmd_schedule)
     hol = sub.add_parser("holiday", help="the holiday table").add_subparsers(

@@ -70,6 +70,9 @@ def test_holidays(cli: Cli, db_url: str) -> None:
     (("settle", "run", "--window", "0"), "not a window id"),
     (("settle", "export", "7", "--out", "/tmp/never"), "not SETTLED"),
     (("settle", "show", "12"), "no settlement window 12"),
+    (("settle", "export", "1", "--out", __file__), "is not a folder"),
+    (("settle", "run", "--cutoff", "2026-11-24T10:00Z", "--out", f"{__file__}/out"),
+     "is not a folder"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(cli: Cli, db_url: str, argv: tuple[str, ...],
                                               message: str) -> None:
