@@ -170,6 +170,27 @@ CHECKS: tuple[Check, ...] = (
            GROUP BY x.id HAVING (x.quote->>'discount')::bigint <> coalesce(sum(g.amount), 0)""",
     ),
     Check(
+        "no grant is taken back by live refunds beyond what it granted",
+        "SELECT count(DISTINCT (original_txn_id, seq)) FROM txn_clawback",
+        """SELECT c.original_txn_id, c.seq FROM txn_clawback c
+                  JOIN txn r ON r.id = c.txn_id AND r.state = 'CONFIRMED'
+                  JOIN txn_grant g ON g.txn_id = c.original_txn_id AND g.seq = c.seq
+           GROUP BY c.original_txn_id, c.seq, g.amount HAVING sum(c.due) > g.amount""",
+    ),
+    Check(
+        "every confirmed refund's clawback postings are what it recorded as taken",
+        "SELECT count(DISTINCT txn_id) FROM txn_clawback",
+        """SELECT r.rrn FROM txn r
+           JOIN (SELECT c.txn_id, g.effect || '_clawback' AS code, sum(c.taken) AS taken
+                 FROM txn_clawback c
+                 JOIN txn_grant g ON g.txn_id = c.original_txn_id AND g.seq = c.seq
+                 GROUP BY c.txn_id, g.effect) k ON k.txn_id = r.id
+           WHERE r.state = 'CONFIRMED' AND k.taken <> coalesce((
+               SELECT sum(e.amount) FROM ledger_transfer t
+               JOIN ledger_entry e ON e.transfer_id = t.id
+               WHERE t.ref = r.rrn AND t.code = k.code AND e.amount > 0), 0)""",
+    ),
+    Check(
         "the ledger as a whole balances, per unit",
         "SELECT count(DISTINCT unit) FROM ledger_account",
         """SELECT t.unit FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id

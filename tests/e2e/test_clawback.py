@@ -1,0 +1,129 @@
+"""A refund takes back, in proportion, the cashback and points its purchase granted, over
+TCP: whole on a full refund, exactly the grant over partial refunds, and only what the card
+still has when it spent the cashback (the rest recorded in txn_clawback). `db check` runs
+after each test (the fixture), including the clawback checks.
+"""
+
+from __future__ import annotations
+
+from protocol.fields import AmountType, ProcessingCode, ResponseCode
+from switch import dbcheck, demo, ledger
+from tests.e2e.conftest import Env
+from tests.e2e.support import balance, blocks, merchant_id
+from tests.e2e.test_pricing import CREDIT, POINTS, add
+from tests.switch.test_dbcheck import CLAWBACK_CHECKS, CLAWBACK_POSTED, CLAWBACK_WITHIN_GRANT
+
+CAFE, TID = "cafe-lale", "CAFE0001"
+
+
+async def credit_and_points(env: Env, card: int) -> tuple[int, int]:
+    card_id, cafe = await env.card_id(card), await merchant_id(env, CAFE)
+    credit = await balance(env, ledger.card_credit(card_id, merchant_id=cafe))
+    points = await balance(env, ledger.card_points(card_id))
+    return credit.ledger, points.ledger
+
+
+async def clawbacks(env: Env, rrn: str) -> list[tuple[str, int, int]]:
+    rows = await env.conn.fetch(
+        """SELECT g.effect, c.due, c.taken FROM txn_clawback c JOIN txn r ON r.id = c.txn_id
+           JOIN txn_grant g ON g.txn_id = c.original_txn_id AND g.seq = c.seq
+           WHERE r.rrn = $1 ORDER BY c.seq""", rrn)
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+# Each corruption of a clawback row, and the one check that names it.
+_CORRUPTIONS = [
+    ("UPDATE txn_clawback SET taken = taken {0} 1, due = due {0} 1 WHERE seq = ("
+     "SELECT min(seq) FROM txn_clawback)", CLAWBACK_POSTED),
+    ("UPDATE txn_clawback SET due = due {0} -1 WHERE seq = (SELECT min(seq) FROM txn_clawback)",
+     CLAWBACK_WITHIN_GRANT),
+]
+
+
+async def campaigns(env: Env) -> None:
+    # 3.33 % merchant cashback and a point per 7,000 rials, so partial shares round.
+    await add(env, id="cafe-back", kind="cashback", bp=333, expiry_days=30, merchant=CAFE)
+    await add(env, id="cafe-points", kind="points", rial_per_point=7_000, merchant=CAFE)
+
+
+async def test_full_refund_takes_back_all_cashback_and_points(env):
+    await campaigns(env)
+    pan = demo.demo_club_pan(1)
+    before = await credit_and_points(env, 1)
+    client = await env.client(TID)
+    async with client:
+        bought, prepared = await client.purchase(100_000, pan, demo.CARD_EXPIRY)
+        # 3.33 % of 100,000 = 3,330; 100,000 / 7,000 = 14.28, 14 points.
+        assert blocks(bought)[(CREDIT, AmountType.CASHBACK.value)] == 3_330
+        assert blocks(bought)[(POINTS, AmountType.POINTS_EARNED.value)] == 14
+        await client.confirm(prepared, bought.message.rrn)
+        assert await credit_and_points(env, 1) == (before[0] + 3_330, before[1] + 14)
+        refund, p2 = await client.refund(bought.message.rrn, 100_000, pan, demo.CARD_EXPIRY)
+        assert refund.code is ResponseCode.APPROVED, refund
+        assert (await client.confirm(p2, refund.message.rrn)).code is ResponseCode.APPROVED
+    assert await credit_and_points(env, 1) == before
+    assert await clawbacks(env, refund.message.rrn) == [
+        ("cashback", 3_330, 3_330), ("points", 14, 14)]
+    # db check proves the clawback invariants, and names each corruption of them.
+    outcomes = {o.check.name: o for o in await dbcheck.run_checks(env.conn)}
+    assert all(outcomes[name].ok and outcomes[name].examined > 0 for name in CLAWBACK_CHECKS)
+    for sql, name in _CORRUPTIONS:
+        async with env.conn.transaction():
+            await env.conn.execute("SET LOCAL session_replication_role = replica")
+            await env.conn.execute(sql.format("-"))
+        failed = {o.check.name for o in await dbcheck.run_checks(env.conn) if not o.ok}
+        assert failed == {name}
+        async with env.conn.transaction():
+            await env.conn.execute("SET LOCAL session_replication_role = replica")
+            await env.conn.execute(sql.format("+"))
+
+
+async def test_two_partial_refunds_take_back_exactly_the_grant_then_reversal_undoes(env):
+    await campaigns(env)
+    pan = demo.demo_club_pan(1)
+    before = await credit_and_points(env, 1)
+    client = await env.client(TID)
+    async with client:
+        bought, prepared = await client.purchase(100_000, pan, demo.CARD_EXPIRY)
+        await client.confirm(prepared, bought.message.rrn)
+        rrn = bought.message.rrn
+        first, p1 = await client.refund(rrn, 33_333, pan, demo.CARD_EXPIRY)
+        await client.confirm(p1, first.message.rrn)
+        # Floor of 3,330 x 33,333 / 100,000 = 1,109.9 -> 1,109; 14 x 0.33333 = 4.67 -> 4.
+        assert await clawbacks(env, first.message.rrn) == [
+            ("cashback", 1_109, 1_109), ("points", 4, 4)]
+        assert await credit_and_points(env, 1) == (before[0] + 2_221, before[1] + 10)
+        second, p2 = await client.refund(rrn, 66_667, pan, demo.CARD_EXPIRY)
+        await client.confirm(p2, second.message.rrn)
+        # The refund that completes the payable takes the remainder.
+        assert await clawbacks(env, second.message.rrn) == [
+            ("cashback", 2_221, 2_221), ("points", 10, 10)]
+        assert await credit_and_points(env, 1) == before
+        # Reversing the second refund gives its share back to the card.
+        reversed_ = await client.reverse(p2, second.message.rrn)
+        assert reversed_.code is ResponseCode.APPROVED, reversed_
+    assert await credit_and_points(env, 1) == (before[0] + 2_221, before[1] + 10)
+
+
+async def test_spent_cashback_is_taken_back_as_far_as_left_and_the_rest_recorded(env):
+    await campaigns(env)
+    pan = demo.demo_club_pan(1)
+    card_id, cafe = await env.card_id(1), await merchant_id(env, CAFE)
+    client = await env.client(TID)
+    async with client:
+        bought, prepared = await client.purchase(100_000, pan, demo.CARD_EXPIRY)
+        await client.confirm(prepared, bought.message.rrn)
+        # The customer spends all the cafe credit but 1,000 rials.
+        credit = ledger.card_credit(card_id, merchant_id=cafe)
+        spend_rial = (await balance(env, credit)).ledger - 1_000
+        spend, p2 = await client.purchase(
+            spend_rial, pan, demo.CARD_EXPIRY,
+            processing_code=ProcessingCode.PURCHASE_STORE_CREDIT)
+        assert spend.code is ResponseCode.APPROVED, spend
+        await client.confirm(p2, spend.message.rrn)
+        assert (await balance(env, credit)).ledger == 1_000
+        refund, p3 = await client.refund(bought.message.rrn, 100_000, pan, demo.CARD_EXPIRY)
+        assert refund.code is ResponseCode.APPROVED, refund
+        await client.confirm(p3, refund.message.rrn)
+    assert (await balance(env, credit)).ledger == 0
+    assert (await clawbacks(env, refund.message.rrn))[0] == ("cashback", 3_330, 1_000)
