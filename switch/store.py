@@ -172,3 +172,10 @@ async def expire_lots(conn: asyncpg.Connection, now: datetime, limit: int) -> in
     how many (migrations/0014_lot_expiry.sql)."""
     expired: int = await conn.fetchval("SELECT switch_expire_lots($1, $2)", now, limit)
     return expired
+
+
+async def sweep_tiers(conn: asyncpg.Connection, now: datetime, limit: int) -> int:
+    """Review the tiers of up to `limit` cards due for a periodic review at `now` (one
+    transaction); how many (migrations/0016_tier_sweep.sql)."""
+    reviewed: int = await conn.fetchval("SELECT switch_sweep_tiers($1, $2)", now, limit)
+    return reviewed

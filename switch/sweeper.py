@@ -1,7 +1,8 @@
 """Hold expiry: PENDING transactions whose hold (or Shaparak confirm window) has passed
 are voided and their holds (and campaign reservations) released, by a background task that
 also runs at start-up. The same task expires store-credit and points lots past their
-expiry, each back to its issuer (migrations/0014_lot_expiry.sql), in bounded batches too.
+expiry, each back to its issuer (migrations/0014_lot_expiry.sql), and reviews the tiers
+of members who stopped buying (migrations/0016_tier_sweep.sql), in bounded batches too.
 
 Several switch processes may sweep at once: rows are claimed with FOR UPDATE SKIP LOCKED,
 so each expired transaction is voided by exactly one of them, and a confirm racing the
@@ -40,13 +41,21 @@ async def expire_lots_once(conn: asyncpg.Connection, now: datetime, batch_max: i
     return await store.expire_lots(conn, now, batch_max)
 
 
+async def sweep_tiers_once(conn: asyncpg.Connection, now: datetime, batch_max: int) -> int:
+    """Review up to `batch_max` tiers due for a periodic review in one transaction."""
+    return await store.sweep_tiers(conn, now, batch_max)
+
+
 async def sweep_all(pool: asyncpg.Pool, now: datetime, batch_max: int) -> int:
-    """Sweep holds, then lots, until nothing expired is left (bounded batches, one commit
-    each); how many holds were swept."""
+    """Sweep holds, then lots, then tiers, until nothing due is left (bounded batches, one
+    commit each); how many holds were swept."""
     total = await _until_done(pool, now, batch_max, sweep_once)
     lots = await _until_done(pool, now, batch_max, expire_lots_once)
     if lots:
         log.info("lots_expired", extra={"count": lots})
+    tiers = await _until_done(pool, now, batch_max, sweep_tiers_once)
+    if tiers:
+        log.info("tiers_reviewed", extra={"count": tiers})
     return total
 
 
