@@ -19,7 +19,8 @@ async def run(conn: asyncpg.Connection, settings: Settings, now: datetime, *,
               cutoff_at: datetime | None = None, window_id: int | None = None,
               fault: Callable[[str], None] = lambda step: None) -> Summary:
     """Close the window of `cutoff_at` (if given) and settle it (or `window_id`), all in one
-    transaction. A failure is recorded as FAILED (when the window exists) and re-raised."""
+    transaction. A failure is recorded as FAILED (when the window exists) and re-raised.
+    The metrics count a window once, when it is settled; a re-run returns the summary only."""
     assert (cutoff_at is None) != (window_id is None), "a cut-off or a window"
     started = time.perf_counter()
     try:
@@ -29,8 +30,8 @@ async def run(conn: asyncpg.Connection, settings: Settings, now: datetime, *,
                 window_id = await windows.close(conn, cutoff_at, now, fault)
             assert window_id is not None
             pay_at = now + timedelta(seconds=settings.settlement_payout_lag_s)
-            summary = await windows.settle(conn, window_id, now,
-                                           latest_on_time_bound(calendar, pay_at), fault)
+            summary, settled_now = await windows.settle(
+                conn, window_id, now, latest_on_time_bound(calendar, pay_at), fault)
     except windows.WindowError:
         raise
     except Exception as exc:
@@ -40,7 +41,8 @@ async def run(conn: asyncpg.Connection, settings: Settings, now: datetime, *,
             metrics.WINDOWS.labels(windows.FAILED).inc()
         raise
     fault("after_commit")
-    metrics.count_settled(summary, time.perf_counter() - started)
+    if settled_now:  # a re-run of a SETTLED window moved nothing, so it counts nothing
+        metrics.count_settled(summary, time.perf_counter() - started)
     return summary
 
 

@@ -254,9 +254,11 @@ async def _post_payouts(conn: asyncpg.Connection, window_id: int) -> None:
 
 async def settle(conn: asyncpg.Connection, window_id: int, now: datetime,
                  late_before: datetime | None = None,
-                 fault: Callable[[str], None] = lambda step: None) -> Summary:
+                 fault: Callable[[str], None] = lambda step: None) -> tuple[Summary, bool]:
     """Settle a CLOSED (or FAILED) window; a SETTLED one only reports its summary.
 
+    Returns the summary and whether this call settled the window (False for a re-run, so
+    the caller counts each window's metrics once, as its money moves once).
     `late_before`: transactions confirmed before it are paid after their due time (the
     caller computes it from the calendar); they are counted in the summary, and paid.
     """
@@ -265,7 +267,7 @@ async def settle(conn: asyncpg.Connection, window_id: int, now: datetime,
     if current is None:
         raise WindowError(f"no settlement window {window_id}")
     if current == SETTLED:
-        return await summary(conn, window_id)
+        return await summary(conn, window_id), False
     if current == OPEN:
         raise WindowError(f"window {window_id} is OPEN: close it first")
     transfers = await _post_netting(conn, window_id)
@@ -281,7 +283,7 @@ async def settle(conn: asyncpg.Connection, window_id: int, now: datetime,
                WHERE i.window_id = $1 AND x.confirmed_at < $2""", window_id, late_before)
     await _event(conn, window_id, SETTLED, now,
                  {"late_count": late, "credit_transfers": transfers})
-    return await summary(conn, window_id)
+    return await summary(conn, window_id), True
 
 
 async def fail(conn: asyncpg.Connection, window_id: int, now: datetime, reason: str) -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from settlement import runner, windows
+from settlement import metrics, runner, windows
 from switch import ledger
 from switch.config import Settings
 from tests.settlement.support import Book, make_network, tehran
@@ -128,6 +128,36 @@ async def test_rerunning_a_window_changes_nothing(conn: asyncpg.Connection) -> N
     assert await conn.fetchval("SELECT count(*) FROM ledger_transfer") == transfers
     states = await conn.fetch("SELECT state FROM settlement_window_event ORDER BY id")
     assert [r["state"] for r in states] == ["OPEN", "CLOSED", "SETTLED"]
+
+
+def _settlement_counters() -> dict[str, float]:
+    """Every settlement counter and the duration histogram's count, as scraped."""
+    names = ["loyalty_settlement_transactions_total", "loyalty_settlement_payouts_total",
+             "loyalty_settlement_paid_rial_total", "loyalty_settlement_late_transactions_total",
+             "loyalty_settlement_window_duration_seconds_count"]
+    found = {n: metrics.REGISTRY.get_sample_value(n) or 0.0 for n in names}
+    found["settled_windows"] = metrics.REGISTRY.get_sample_value(
+        "loyalty_settlement_windows_total", {"outcome": "SETTLED"}) or 0.0
+    return found
+
+
+async def test_rerunning_a_window_counts_it_once(conn: asyncpg.Connection) -> None:
+    await record_day(conn)
+    now = CUTOFF_1 + timedelta(minutes=5)
+    before = _settlement_counters()
+    first = await runner.run(conn, SETTINGS, now, cutoff_at=CUTOFF_1)
+    after_first = _settlement_counters()
+    # The first run counts the window's 9 transactions, 2 payouts (the café carries a debt
+    # forward) and their rials.
+    assert {k: after_first[k] - before[k] for k in before} == {
+        "loyalty_settlement_transactions_total": 9, "loyalty_settlement_payouts_total": 2,
+        "loyalty_settlement_paid_rial_total": first.payout_rial,
+        "loyalty_settlement_late_transactions_total": 0,
+        "loyalty_settlement_window_duration_seconds_count": 1, "settled_windows": 1}
+    # Re-runs by cut-off and by id settle nothing new, so they count nothing.
+    await runner.run(conn, SETTINGS, now + timedelta(hours=1), cutoff_at=CUTOFF_1)
+    await runner.run(conn, SETTINGS, now, window_id=first.window_id)
+    assert _settlement_counters() == after_first
 
 
 async def test_a_transaction_goes_into_one_window_only(
