@@ -3,9 +3,10 @@
 Theory of operation. Cut-offs are the configured Tehran times of day on working days. The
 loop finds the next cut-off after the clock's now, makes sure that window exists (OPEN),
 sleeps until it, then closes and settles it in one transaction (settlement/runner.py) and
-refreshes the lag gauge. On start it first settles windows left CLOSED or FAILED by an
-earlier run. Before anything, `check_schedule` proves the cut-offs can pay every
-transaction within its due time over the coming year; a schedule that cannot is refused.
+refreshes the lag gauge. On start it reads the lag gauge, then settles windows left CLOSED
+or FAILED by an earlier run. Before anything, `check_schedule` proves the cut-offs can pay
+every transaction within its due time over the coming year; a schedule that cannot is
+refused.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ async def run_schedule(conn: asyncpg.Connection, settings: Settings, clock: Cloc
             f"{len(violations)} cut-off(s) pay too late, first: confirmed just after "
             f"{v.cutoff_at.isoformat()}, due {v.due_at.isoformat()}, paid "
             f"{v.paid_at.isoformat()}")
+    # The gauge is served from the start: read the backlog before the windows an earlier
+    # run left, which may take a while, so that it never shows 0 for work not yet done.
+    await metrics.refresh_lag(conn, calendar, clock.now())
     done = []
     for window_id in await runner.pending_windows(conn):
         done.append(await settle_and_export(conn, settings, clock.now(), window_id=window_id,

@@ -55,6 +55,19 @@ async def test_the_scheduler_settles_at_each_cut_off(conn: asyncpg.Connection) -
     assert metrics.REGISTRY.get_sample_value("loyalty_settlement_lag_working_seconds") == 0
 
 
+async def test_the_lag_gauge_is_read_before_the_scheduler_settles_anything(
+        conn: asyncpg.Connection) -> None:
+    # The gauge is served from the scheduler's start; it must not read 0 (all paid) while
+    # the scheduler is still working through windows left by an earlier run.
+    await record_day(conn)
+    metrics.LAG.set(0)
+    done = await scheduler.run_schedule(conn, Settings(), FakeClock(tehran(2026, 11, 24, 13)),
+                                        windows_max=0)
+    assert done == []
+    # 08:30 to 13:00 on a Tuesday: 4.5 working hours.
+    assert metrics.REGISTRY.get_sample_value("loyalty_settlement_lag_working_seconds") == 16_200
+
+
 def test_next_cutoff_skips_fridays_and_holidays() -> None:
     calendar = WorkCalendar()
     cuts = [time(10), time(14)]
