@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from protocol.fields import ResponseCode
+from protocol.values import AdditionalData
 from simulator.actions import PURCHASE_CODES, Card
 from simulator.client import ConnectionClosed, NoResponse, TerminalClient
 from simulator.terminal import ResponseError, Terminal
@@ -98,6 +99,7 @@ class LoadConfig:
     in_flight_per_terminal_max: int = 16
     timeout_s: float = 10.0
     progress_interval_s: float = 1.0
+    item_categories: tuple[str, ...] = ()  # basket categories (field 48 IT) on every 0100
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -191,6 +193,8 @@ class LoadRun:
         self.cards = cards or DemoCards()
         self.progress = progress
         self.kinds = config.mix.sequence()
+        self.basket = (AdditionalData(item_categories=config.item_categories)
+                       if config.item_categories else None)
         mode = "closed" if config.rate_per_s is None else "open"
         self.report = LoadReport(len(terminals), mode, config.rate_per_s)
 
@@ -266,7 +270,8 @@ class LoadRun:
         t0 = clock()
         try:
             response, prepared = await client.purchase(
-                amount, card.pan, card.expiry, processing_code=PURCHASE_CODES[kind])
+                amount, card.pan, card.expiry, processing_code=PURCHASE_CODES[kind],
+                additional_data=self.basket)
             t1 = clock()
             report.latencies_s["request"].append(t1 - t0)
             report.codes["request"][response.code.value] += 1
