@@ -10,10 +10,12 @@ its terminal already at `in_flight_per_terminal_max` is counted as skipped rathe
 queued, so a slow switch shows as skips instead of a silently lower rate.
 
 Every started transaction ends in exactly one outcome (completed, declined, confirm failed,
-error), so the report's counts always add up. Latencies are per phase (0100→0110 and
-0220→0230) over the exchanges that got an answer; the transaction rate is completed
-transactions over the elapsed time. The transaction kinds follow `Mix`, cards come from a
-`CardSource`. Timing uses the event loop's monotonic clock; nothing here is asserted on time.
+error), so the report's counts always add up. A terminal that cannot connect starts no
+transaction: it is counted in `connect_failed`, apart from the transactions. Latencies are
+per phase (0100→0110 and 0220→0230) over the exchanges that got an answer; the transaction
+rate is completed transactions over the elapsed time. The transaction kinds follow `Mix`,
+cards come from a `CardSource`. Timing uses the event loop's monotonic clock; nothing here
+is asserted on time.
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ class LoadReport:
     target_rate_per_s: float | None
     elapsed_s: float = 0.0
     skipped: int = 0
+    connect_failed: int = 0  # terminals that could not connect (no transaction started)
     outcomes: Counter[str] = field(default_factory=Counter)
     codes: dict[str, Counter[str]] = field(
         default_factory=lambda: {"request": Counter(), "confirm": Counter()})
@@ -137,6 +140,7 @@ class LoadReport:
             "terminals": self.terminals, "mode": self.mode,
             "target_rate_per_s": self.target_rate_per_s,
             "elapsed_s": round(self.elapsed_s, 3),
+            "connect_failed": self.connect_failed,
             "transactions": {"started": self.started, "skipped": self.skipped,
                              **{o: self.outcomes[o] for o in OUTCOMES}},
             "completed_per_s": round(self.completed_per_s, 1),
@@ -153,9 +157,10 @@ class LoadReport:
         return out
 
     def progress_line(self, now_s: float) -> str:
+        failed = f", {self.connect_failed} failed to connect" if self.connect_failed else ""
         return (f"load: {now_s:5.1f} s, {self.started} started, "
                 f"{self.outcomes['completed']} completed, {self.outcomes['declined']} declined, "
-                f"{self.outcomes['error']} errors")
+                f"{self.outcomes['error']} errors{failed}")
 
     def text(self) -> str:
         data = self.to_json()
@@ -167,6 +172,10 @@ class LoadReport:
                  f"{tx['declined']} declined, {tx['confirm_failed']} confirm failed, "
                  f"{tx['error']} errors, {tx['skipped']} skipped",
                  f"  completed two-phase transactions/s: {data['completed_per_s']}"]
+        if self.connect_failed:
+            noun = "terminal" if self.connect_failed == 1 else "terminals"
+            lines.insert(1, f"  connections: {self.connect_failed} {noun} failed to connect "
+                            f"(of {self.terminals})")
         for phase, label in (("request", "request (0100)"), ("confirm", "confirm (0220)")):
             lat = data["latency_ms"][phase]
             shown = ", ".join(f"p{q} {_ms(lat[f'p{q}'])}" for q in PERCENTILES)
@@ -225,7 +234,7 @@ class LoadRun:
         try:
             await client.connect(self.host, self.port)
         except OSError:
-            self.report.outcomes["error"] += 1
+            self.report.connect_failed += 1  # no transaction started: not an outcome
             return
         async with client:
             if self.config.rate_per_s is None:
