@@ -15,7 +15,9 @@ transaction: it is counted in `connect_failed`, apart from the transactions. Lat
 per phase (0100→0110 and 0220→0230) over the exchanges that got an answer; the transaction
 rate is completed transactions over the elapsed time. The transaction kinds follow `Mix`,
 cards come from a `CardSource`. Timing uses the event loop's monotonic clock; nothing here
-is asserted on time.
+is asserted on time. Progress ticks fall at fixed offsets from the start, only before the
+end of the run; the final figures are reported once, after the last transaction has ended
+(a tick at the end would repeat them).
 """
 
 from __future__ import annotations
@@ -217,17 +219,23 @@ class LoadRun:
         finally:
             if ticker is not None:
                 ticker.cancel()
+                await asyncio.gather(ticker, return_exceptions=True)
         self.report.elapsed_s = loop.time() - started
         if self.progress is not None:  # the final figures, however short the run
             self.progress(self.report, self.report.elapsed_s)
         return self.report
 
     async def _tick(self, started: float) -> None:
+        """Progress at start + k * interval, for every such instant before the end of the run
+        (the final figures are run()'s); labelled by the offset, so a late tick reads right."""
         loop = asyncio.get_running_loop()
         assert self.progress is not None
-        while True:
-            await asyncio.sleep(self.config.progress_interval_s)
-            self.progress(self.report, loop.time() - started)
+        interval = self.config.progress_interval_s
+        k = 1
+        while k * interval < self.config.seconds:
+            await asyncio.sleep(max(0.0, started + k * interval - loop.time()))
+            self.progress(self.report, k * interval)
+            k += 1
 
     async def _terminal(self, index: int, terminal: Terminal, deadline: float) -> None:
         client = TerminalClient(terminal, timeout_s=self.config.timeout_s)

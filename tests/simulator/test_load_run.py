@@ -59,3 +59,16 @@ def test_the_report_names_connection_failures_only_when_there_are_some() -> None
     assert "failed to connect" not in report.text()
     report.connect_failed = 1
     assert "  connections: 1 terminal failed to connect (of 3)" in report.text().splitlines()
+
+
+async def test_the_final_progress_line_is_printed_once(silent_port: int) -> None:
+    # A closed loop against a silent switch: the one transaction runs past the end of the
+    # run until its timeout. Progress ticks come every 0.1 s of the 0.25 s run; the final
+    # figures come once, when the last transaction has ended, and no tick repeats them.
+    calls: list[float] = []
+    config = LoadConfig(seconds=0.25, mix=parse_mix("club=1"), timeout_s=1.0,
+                        progress_interval_s=0.1)
+    report = await run_load([_terminal("CAFE0001")], "127.0.0.1", silent_port, config,
+                            progress=lambda r, elapsed_s: calls.append(elapsed_s))
+    assert calls[:-1] == pytest.approx([0.1, 0.2])
+    assert calls[-1] == report.elapsed_s >= 1.0
