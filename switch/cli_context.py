@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,15 @@ class Context:
 
 def print_table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
     """Rows under a header, in columns as wide as their widest cell."""
+    print("\n".join(table_lines(header, rows)))
+
+
+def table_lines(header: tuple[str, ...], rows: Sequence[tuple[Any, ...]],
+                right: frozenset[int] = frozenset()) -> list[str]:
+    """Rows under a header, in columns as wide as their widest cell (nothing is cut), the
+    columns numbered in `right` aligned right (amounts)."""
     cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w)
+                      for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+            for row in cells]

@@ -23,7 +23,7 @@ from protocol.cardblock import mask_pan
 from protocol.fields import ProcessingCode
 from switch import campaign_pricing, jalali, phase1
 from switch.campaign_cache import RuleCache
-from switch.cli_context import CommandError, Context
+from switch.cli_context import CommandError, Context, table_lines
 from switch.config import Settings
 from switch.context import shaparak_rule
 from switch.pricing import Quote
@@ -212,17 +212,18 @@ async def cmd_card_history(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def history_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One line per transaction and balance kind, oldest first (`card history`)."""
-    lines = [f"{'date':<10}  {'merchant':<22} {'reference':<14} {'what':<16} "
-             f"{'credit':>10} {'points':>7}  rules"]
+    """One line per transaction and balance kind, oldest first (`card history`), in columns
+    as wide as their widest cell, so no merchant, reference or code is ever cut."""
+    table = []
     for r in rows:
         credit = r["delta"] if r["kind"] == "card_credit" else 0
         points = r["delta"] if r["kind"] == "card_points" else 0
         fired = ", ".join(json.loads(r["fired"])) if r["fired"] else ""
         at = campaign_pricing.local_time(r["at"]).date()
-        lines.append(f"{jalali.to_jalali(at)!s:<10}  {(r['merchant'] or '-')[:22]:<22} "
-                     f"{(r['ref'] or '-')[:14]:<14} {r['code'][:16]:<16} "
-                     f"{credit:>+10,} {points:>+7,}  {fired}")
-    if len(lines) == 1:
+        table.append((jalali.to_jalali(at), r["merchant"] or "-", r["ref"] or "-", r["code"],
+                      f"{credit:+,}", f"{points:+,}", fired))
+    lines = table_lines(("date", "merchant", "reference", "what", "credit", "points", "rules"),
+                        table, right=frozenset({4, 5}))
+    if not table:
         lines.append("(nothing earned or spent yet)")
     return lines

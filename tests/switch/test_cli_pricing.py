@@ -163,3 +163,24 @@ def test_history_lines_show_jalali_dates_and_signed_amounts():
     assert "+850      +0  back" in lines[1]
     assert lines[2].rstrip().endswith("+0      -8")
     assert history_lines([])[-1] == "(nothing earned or spent yet)"
+
+
+def test_history_lines_never_cut_a_code_merchant_or_reference():
+    """The columns are as wide as their widest cell: a clawback's code (17 characters, cut
+    to `cashback_clawbac` when the column was 16 wide), a long merchant name and a lot
+    reference all print whole, and the amounts stay aligned under their headers."""
+    rows = [{"ref": "000000000042", "code": "cashback_clawback", "kind": "card_credit",
+             "delta": -1_109, "at": datetime(2026, 3, 21, 6, 30, tzinfo=UTC),
+             "merchant": "Setareh Hypermarket, Vanak Branch", "fired": None},
+            {"ref": "lot:12345678901234", "code": "top_up_bonus_clawback",
+             "kind": "card_points", "delta": -1_234_567,
+             "at": datetime(2026, 3, 22, 6, 30, tzinfo=UTC), "merchant": None, "fired": None}]
+    lines = history_lines(rows)
+    assert "Setareh Hypermarket, Vanak Branch  000000000042" in lines[1]
+    assert " cashback_clawback " in lines[1]
+    assert "lot:12345678901234  top_up_bonus_clawback" in lines[2]
+    assert lines[0].endswith("credit      points  rules")
+    assert len(lines[1]) == len(lines[2]) == len(lines[0]) - len("  rules")
+    assert lines[1].endswith("-1,109          +0")
+    assert lines[2].endswith("+0  -1,234,567")
+
