@@ -68,6 +68,11 @@ class Settings(BaseModel):
     hold_timeout_s: int = Field(default=120, ge=1, le=86_400)
     hold_sweep_interval_s: float = Field(default=5.0, gt=0, le=3_600)
     hold_sweep_batch_max: int = Field(default=500, ge=1, le=100_000)
+    # The sweeper's other two jobs, each in batches of its own bound (one transaction each).
+    lot_expiry_batch_max: int = Field(default=500, ge=1, le=100_000)
+    tier_review_batch_max: int = Field(default=500, ge=1, le=100_000)
+    # An idle member's tier is reviewed (down one step) at most once per this many days.
+    tier_review_interval_days: int = Field(default=30, ge=1, le=365)
 
     # Campaigns: points granted by a rule (which names no expiry) last this long.
     points_expiry_days: int = Field(default=365, ge=1, le=3_650)

@@ -23,7 +23,7 @@ from switch import db, keys, metrics, migrate
 from switch.config import Settings
 from switch.processor import Clock, Processor, utc_now
 from switch.server import Server, install_signal_handlers
-from switch.sweeper import run_sweeper, tick
+from switch.sweeper import SweepLimits, run_sweeper, tick
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class Switch:
         metrics.watch_pool(self.pool)
         # The first round also sets the pending-holds and database gauges before anyone can
         # scrape them (the sweeper task's own first round may come later).
-        swept = await tick(self.pool, self.clock(), settings.hold_sweep_batch_max,
-                           settings.metrics_holds_pending_max)
+        limits = SweepLimits.from_settings(settings)
+        swept = await tick(self.pool, self.clock(), limits)
         if swept:
             log.info("holds_expired_while_down", extra={"count": swept})
         processor = Processor(self.pool, settings, HostKeys(store.bdks_by_raw_id()),
@@ -73,8 +73,7 @@ class Switch:
         self.server = Server(settings, processor)
         await self.server.start()
         self._sweeper = asyncio.create_task(run_sweeper(
-            self.pool, self.clock, settings.hold_sweep_interval_s,
-            settings.hold_sweep_batch_max, settings.metrics_holds_pending_max, self._stop),
+            self.pool, self.clock, settings.hold_sweep_interval_s, limits, self._stop),
             name="hold-sweeper")
         if self.serve_metrics:
             self._metrics_server, _ = prometheus_client.start_http_server(

@@ -174,8 +174,10 @@ async def expire_lots(conn: asyncpg.Connection, now: datetime, limit: int) -> in
     return expired
 
 
-async def sweep_tiers(conn: asyncpg.Connection, now: datetime, limit: int) -> int:
-    """Review the tiers of up to `limit` cards due for a periodic review at `now` (one
-    transaction); how many (migrations/0016_tier_sweep.sql)."""
-    reviewed: int = await conn.fetchval("SELECT switch_sweep_tiers($1, $2)", now, limit)
+async def sweep_tiers(conn: asyncpg.Connection, now: datetime, limit: int,
+                      interval: timedelta) -> int:
+    """Review the tiers of up to `limit` cards not reviewed within `interval` before `now`
+    (one transaction); how many (migrations/0018_tier_review_interval.sql)."""
+    reviewed: int = await conn.fetchval("SELECT switch_sweep_tiers($1, $2, $3)",
+                                        now, limit, interval)
     return reviewed

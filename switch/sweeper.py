@@ -2,7 +2,10 @@
 are voided and their holds (and campaign reservations) released, by a background task that
 also runs at start-up. The same task expires store-credit and points lots past their
 expiry, each back to its issuer (migrations/0014_lot_expiry.sql), and reviews the tiers
-of members who stopped buying (migrations/0016_tier_sweep.sql), in bounded batches too.
+of members who stopped buying, each card at most once per `tier_review_interval_days`
+(migrations/0018_tier_review_interval.sql). Each job runs in bounded batches of its own
+setting (`hold_sweep_batch_max`, `lot_expiry_batch_max`, `tier_review_batch_max`),
+gathered with the rest of a round's bounds in `SweepLimits`.
 
 Several switch processes may sweep at once: rows are claimed with FOR UPDATE SKIP LOCKED,
 so each expired transaction is voided by exactly one of them, and a confirm racing the
@@ -20,13 +23,40 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 
 from switch import metrics, store
+from switch.config import Settings
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepLimits:
+    """What bounds one round: a batch size per job (each batch is one transaction, so this
+    bounds how long its row locks are held), the tier review's spacing, and how far the
+    pending-holds gauge counts."""
+
+    hold_batch_max: int
+    lot_batch_max: int
+    tier_batch_max: int
+    tier_review_interval: timedelta
+    pending_max: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SweepLimits:
+        return cls(hold_batch_max=settings.hold_sweep_batch_max,
+                   lot_batch_max=settings.lot_expiry_batch_max,
+                   tier_batch_max=settings.tier_review_batch_max,
+                   tier_review_interval=timedelta(days=settings.tier_review_interval_days),
+                   pending_max=settings.metrics_holds_pending_max)
+
+
+# One batch: (connection, batch bound) -> how many rows it handled, at most the bound.
+Batch = Callable[[asyncpg.Connection, int], Awaitable[int]]
 
 
 async def sweep_once(conn: asyncpg.Connection, now: datetime, batch_max: int) -> int:
@@ -36,36 +66,30 @@ async def sweep_once(conn: asyncpg.Connection, now: datetime, batch_max: int) ->
     return swept
 
 
-async def expire_lots_once(conn: asyncpg.Connection, now: datetime, batch_max: int) -> int:
-    """Expire up to `batch_max` due lots in one database transaction."""
-    return await store.expire_lots(conn, now, batch_max)
-
-
-async def sweep_tiers_once(conn: asyncpg.Connection, now: datetime, batch_max: int) -> int:
-    """Review up to `batch_max` tiers due for a periodic review in one transaction."""
-    return await store.sweep_tiers(conn, now, batch_max)
-
-
-async def sweep_all(pool: asyncpg.Pool, now: datetime, batch_max: int) -> int:
+async def sweep_all(pool: asyncpg.Pool, now: datetime, limits: SweepLimits) -> int:
     """Sweep holds, then lots, then tiers, until nothing due is left (bounded batches, one
     commit each); how many holds were swept."""
-    total = await _until_done(pool, now, batch_max, sweep_once)
-    lots = await _until_done(pool, now, batch_max, expire_lots_once)
+    holds = await _until_done(pool, limits.hold_batch_max,
+                              lambda conn, n: sweep_once(conn, now, n))
+    lots = await _until_done(pool, limits.lot_batch_max,
+                             lambda conn, n: store.expire_lots(conn, now, n))
     if lots:
         log.info("lots_expired", extra={"count": lots})
-    tiers = await _until_done(pool, now, batch_max, sweep_tiers_once)
+    tiers = await _until_done(
+        pool, limits.tier_batch_max,
+        lambda conn, n: store.sweep_tiers(conn, now, n, limits.tier_review_interval))
     if tiers:
         log.info("tiers_reviewed", extra={"count": tiers})
-    return total
+    return holds
 
 
-async def _until_done(pool: asyncpg.Pool, now: datetime, batch_max: int,
-                      batch: Callable[[asyncpg.Connection, datetime, int], Awaitable[int]]
-                      ) -> int:
+async def _until_done(pool: asyncpg.Pool, batch_max: int, batch: Batch) -> int:
+    """Run `batch` until one comes back short of `batch_max`: exactly `batch_max` due takes
+    a second batch, which finds nothing."""
     total = 0
     while True:
         async with pool.acquire() as conn:
-            done = await batch(conn, now, batch_max)  # type: ignore[arg-type]
+            done = await batch(conn, batch_max)  # type: ignore[arg-type]
         total += done
         if done < batch_max:
             return total
@@ -80,20 +104,20 @@ async def count_pending(conn: asyncpg.Connection, pending_max: int) -> int:
     return count
 
 
-async def tick(pool: asyncpg.Pool, now: datetime, batch_max: int, pending_max: int) -> int:
+async def tick(pool: asyncpg.Pool, now: datetime, limits: SweepLimits) -> int:
     """One round: expire what is due, then refresh the pending-holds and database gauges."""
-    swept = await sweep_all(pool, now, batch_max)
+    swept = await sweep_all(pool, now, limits)
     async with pool.acquire() as conn:
-        metrics.HOLDS_PENDING.set(await count_pending(conn, pending_max))  # type: ignore[arg-type]
+        pending = await count_pending(conn, limits.pending_max)  # type: ignore[arg-type]
+    metrics.HOLDS_PENDING.set(pending)
     metrics.DB_UP.set(1)
     return swept
 
 
-async def guarded_tick(pool: asyncpg.Pool, now: datetime, batch_max: int,
-                       pending_max: int) -> int | None:
+async def guarded_tick(pool: asyncpg.Pool, now: datetime, limits: SweepLimits) -> int | None:
     """`tick`, with database trouble logged and `loyalty_db_up` set to 0: None then."""
     try:
-        swept = await tick(pool, now, batch_max, pending_max)
+        swept = await tick(pool, now, limits)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         metrics.DB_UP.set(0)
         log.warning("hold_sweep_failed", extra={"error": type(exc).__name__})
@@ -104,7 +128,7 @@ async def guarded_tick(pool: asyncpg.Pool, now: datetime, batch_max: int,
 
 
 async def run_sweeper(pool: asyncpg.Pool, clock: Callable[[], datetime], interval_s: float,
-                      batch_max: int, pending_max: int, stop: asyncio.Event) -> None:
+                      limits: SweepLimits, stop: asyncio.Event) -> None:
     """Sweep every `interval_s` until `stop` is set; database trouble is retried at the next
     tick (holds only get older, nothing is lost by waiting). The first tick comes one
     interval after the start: the switch ran one round before serving (`Switch.start`), and
@@ -113,4 +137,4 @@ async def run_sweeper(pool: asyncpg.Pool, clock: Callable[[], datetime], interva
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         if not stop.is_set():
-            await guarded_tick(pool, clock(), batch_max, pending_max)
+            await guarded_tick(pool, clock(), limits)

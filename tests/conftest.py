@@ -17,13 +17,15 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from switch import db, dbcheck, migrate
+from switch import db, dbcheck, migrate, store
+from switch.config import load_settings
+from switch.sweeper import SweepLimits
 from tests import logscan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,3 +136,32 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(db_url)
     yield connection
     await connection.close()
+
+
+def sweep_limits(**settings: int) -> SweepLimits:
+    """The sweeper's bounds from the defaults with `settings` changed (and validated)."""
+    return SweepLimits.from_settings(load_settings(None, {}, **settings))
+
+
+# A sweeper job's batches: (the bound the sweeper passed, how many rows the call handled).
+Batches = list[tuple[int, int]]
+
+
+@pytest.fixture
+def sweep_batches(monkeypatch: pytest.MonkeyPatch) -> dict[str, Batches]:
+    """Every batch the sweeper runs from here on, per job (`holds`, `lots`, `tiers`), so a
+    test can tell how many batches a round took and with which bound. The real store
+    functions still do the work, on the real database."""
+    batches: dict[str, Batches] = {"holds": [], "lots": [], "tiers": []}
+    for job, name in (("holds", "sweep"), ("lots", "expire_lots"), ("tiers", "sweep_tiers")):
+        monkeypatch.setattr(store, name, _recorded(getattr(store, name), batches[job]))
+    return batches
+
+
+def _recorded(batch: Callable[..., Awaitable[int]], into: Batches
+              ) -> Callable[..., Awaitable[int]]:
+    async def run(conn: asyncpg.Connection, now: object, limit: int, *rest: object) -> int:
+        done = await batch(conn, now, limit, *rest)
+        into.append((limit, done))
+        return done
+    return run

@@ -24,6 +24,7 @@ from simulator.terminal import Terminal
 from switch import db, demo, keys, ledger
 from switch.config import Settings, load_settings
 from switch.service import Switch
+from switch.sweeper import SweepLimits, sweep_all
 from tests.conftest import assert_ledger_ok, create_database, drop_database
 
 
@@ -93,6 +94,16 @@ class Env:
     async def count(self, table: str) -> int:
         rows: int = await self.conn.fetchval(f"SELECT count(*) FROM {table}")
         return rows
+
+    @property
+    def limits(self) -> SweepLimits:
+        return SweepLimits.from_settings(self.settings)
+
+    async def sweep(self) -> int:
+        """What the sweeper does in a round, at the test clock's time and with the
+        settings' bounds; how many holds it expired."""
+        assert self.switch.pool is not None
+        return await sweep_all(self.switch.pool, self.clock(), self.limits)
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,7 @@
 """The two-phase lifecycle end to end (profile §3): confirm, reversal, hold expiry, the
 Shaparak confirm window, pipelining, concurrent duplicates and restarts.
 
-Time moves only by `env.clock.advance`; the sweeper is run by the test (`sweep_all`) with the
+Time moves only by `env.clock.advance`; the sweeper is run by the test (`env.sweep`) with the
 same injected clock, never by waiting for its interval.
 """
 
@@ -22,6 +22,7 @@ from simulator.terminal import PreparedAuth, verify_response
 from switch import demo
 from switch.service import Switch
 from switch.sweeper import sweep_all
+from tests.conftest import sweep_limits
 from tests.e2e.conftest import Env
 from tests.e2e.support import (
     all_balances,
@@ -52,11 +53,6 @@ async def approved(client: TerminalClient, amount: int, pan: str, expiry: str = 
     assert response.code.is_approval, response
     assert response.message.rrn is not None
     return response.message.rrn, prepared
-
-
-async def sweep(env: Env) -> int:
-    assert env.switch.pool is not None
-    return await sweep_all(env.switch.pool, env.clock(), 100)
 
 
 async def test_confirm_repeated_gives_the_same_0230_and_one_effect(env: Env) -> None:
@@ -196,7 +192,7 @@ async def test_expired_refund_releases_its_reservation(env: Env) -> None:
         refund_rrn, refund = await _refund(client, rrn, 100_000)
         assert (await _refund_code(client, rrn, 1)) is RC.INVALID_AMOUNT, "all reserved"
         env.clock.advance(seconds=env.settings.hold_timeout_s)
-        assert await sweep(env) == 1
+        assert await env.sweep() == 1
         assert await all_balances(env) == balances
         assert (await client.confirm(refund, refund_rrn)).code is RC.TOO_LATE
         again_rrn, again = await _refund(client, rrn, 100_000)
@@ -270,11 +266,11 @@ async def test_hold_expiry_by_the_sweeper_then_confirm_is_68(env: Env) -> None:
         start = await env.card_balance(1)
         rrn, prepared = await approved(client, 90_000, club(1))
         env.clock.advance(seconds=env.settings.hold_timeout_s - 1)
-        assert await sweep(env) == 0, "not yet due"
+        assert await env.sweep() == 0, "not yet due"
         assert (await env.card_balance(1)).available == start.available - 90_000
         env.clock.advance(seconds=2)
-        assert await sweep(env) == 1
-        assert await sweep(env) == 0
+        assert await env.sweep() == 1
+        assert await env.sweep() == 0
         after = await env.card_balance(1)
         assert (after.ledger, after.available) == (start.ledger, start.available)
         assert [(t["state"], t["void_reason"]) for t in await txn_rows(env)] == [
@@ -286,13 +282,29 @@ async def test_hold_expiry_by_the_sweeper_then_confirm_is_68(env: Env) -> None:
         assert await env.card_balance(1) == after
 
 
+async def test_holds_expire_in_batches_of_hold_sweep_batch_max(env: Env, sweep_batches) -> None:
+    """At `hold_sweep_batch_max` 2: two due holds take a second batch that finds nothing,
+    three a second batch of one (tests/switch/test_sweeper.py does lots and tiers)."""
+    assert env.switch.pool is not None
+    limits = sweep_limits(hold_sweep_batch_max=2)
+    async with await env.client("CAFE0001") as client:
+        for due, batches in ((2, [(2, 2), (2, 0)]), (3, [(2, 2), (2, 1)])):
+            for card in range(1, due + 1):
+                await approved(client, 10_000, club(card))
+            env.clock.advance(seconds=env.settings.hold_timeout_s + 1)
+            sweep_batches["holds"].clear()
+            assert await sweep_all(env.switch.pool, env.clock(), limits) == due
+            assert sweep_batches["holds"] == batches
+    assert {t["state"] for t in await txn_rows(env)} == {"VOIDED"}
+
+
 async def test_shaparak_confirm_after_the_hold_timeout_but_within_24_hours(env: Env) -> None:
     async with await env.client("CAFE0001") as client:
         income = await net_balances(env)
         rrn, prepared = await approved(client, 1_000_000, bank(0), BANK_EXPIRY,
                                        PC.PURCHASE_SHAPARAK)
         env.clock.advance(hours=23, minutes=59)
-        assert await sweep(env) == 0, "a bank purchase holds nothing that expires at 120 s"
+        assert await env.sweep() == 0, "a bank purchase holds nothing that expires at 120 s"
         confirmed = await client.confirm(prepared, rrn)
         assert confirmed.code is RC.APPROVED
         assert await net_balances(env) != income

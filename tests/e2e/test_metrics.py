@@ -7,6 +7,7 @@ scrape before and a scrape after a sequence is exactly what that sequence did.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -80,7 +81,8 @@ def assert_histograms_consistent(before: Samples, after: Samples) -> None:
 
 async def tick(env: Env, pending_max: int = 100_000) -> int | None:
     assert env.switch.pool is not None
-    return await sweeper.guarded_tick(env.switch.pool, env.clock(), 500, pending_max)
+    limits = dataclasses.replace(env.limits, pending_max=pending_max)
+    return await sweeper.guarded_tick(env.switch.pool, env.clock(), limits)
 
 
 async def test_sign_on_purchase_confirm_and_bad_mac_move_exactly_their_series(
@@ -171,7 +173,7 @@ async def test_a_lost_database_counts_as_database_errors(env: Env, admin_url: st
 async def test_a_failed_sweep_reports_the_database_down(env: Env) -> None:
     pool = await asyncpg.create_pool(env.url, min_size=1, max_size=1)
     await pool.close()
-    assert await sweeper.guarded_tick(pool, env.clock(), 500, 100) is None
+    assert await sweeper.guarded_tick(pool, env.clock(), env.limits) is None
     assert gauge(await scrape(env), "loyalty_db_up") == 0
     await tick(env)
     assert gauge(await scrape(env), "loyalty_db_up") == 1

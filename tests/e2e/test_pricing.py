@@ -19,7 +19,6 @@ from switch import cli_pricing, dbcheck, demo, keys, ledger
 from switch.campaign_file import parse_campaigns
 from switch.campaign_pricing import TEHRAN
 from switch.campaign_store import store_campaigns
-from switch.sweeper import sweep_all
 from tests.e2e.conftest import Env
 from tests.e2e.support import balance, blocks, merchant_id, net_balances, network_id
 from tests.switch.test_dbcheck import (
@@ -206,8 +205,7 @@ async def test_reversal_and_expiry_release_every_reservation(env):
         third, _ = await client.purchase(50_000, pan, demo.CARD_EXPIRY)
         assert blocks(third)[(NONE, AmountType.DISCOUNT.value)] == 10_000
         env.clock.advance(seconds=env.settings.hold_timeout_s + 1)
-        assert env.switch.pool is not None
-        assert await sweep_all(env.switch.pool, env.clock(), 10) == 1
+        assert await env.sweep() == 1
     assert await budget_used(env, "cafe-20") == 0
     # Nothing of the pricing remains: every balance is as before (the reversal mirrored
     # the cashback and took its lot back).
@@ -240,12 +238,11 @@ async def test_cashback_lot_spent_first_then_expired_by_the_sweeper(env):
     assert [lot[:2] for lot in await lots(env, credit)] == [(old_amount, old_amount),
                                                             (10_000, 6_000)]
     issued_before = (await balance(env, ledger.credit_issued(network_id=net))).ledger
-    assert env.switch.pool is not None
     env.clock.advance(days=1)
-    await sweep_all(env.switch.pool, env.clock(), 10)
+    await env.sweep()
     assert [lot[1] for lot in await lots(env, credit)] == [old_amount, 6_000]
     env.clock.advance(days=1, seconds=1)
-    await sweep_all(env.switch.pool, env.clock(), 10)
+    await env.sweep()
     assert [lot[1] for lot in await lots(env, credit)] == [old_amount, 0]
     assert (await balance(env, credit)).ledger == old_amount
     assert (await balance(env, ledger.credit_issued(network_id=net))).ledger \

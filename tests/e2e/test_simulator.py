@@ -18,7 +18,6 @@ from protocol.dukpt import derive_initial_key
 from simulator import cli
 from simulator import profile as profiles
 from switch import demo, keys
-from switch.sweeper import sweep_all
 from tests.e2e.conftest import Env
 from tests.e2e.support import counts, ksn_counter
 
@@ -135,11 +134,9 @@ async def test_drop_confirm_leaves_a_hold_that_expires(env: Env, profile_dir: Pa
     assert code == 0 and "confirm dropped" in out and "0220" not in out
     assert await available(env) < before
     assert profiles.load(profile_dir / "CAFE0001.json").pending is not None
-    pool = env.switch.pool
-    assert pool is not None
-    assert await sweep_all(pool, env.clock(), 100) == 0, "not yet due"
+    assert await env.sweep() == 0, "not yet due"
     env.clock.advance(seconds=env.settings.hold_timeout_s + 1)
-    assert await sweep_all(pool, env.clock(), 100) == 1
+    assert await env.sweep() == 1
     state = await env.conn.fetch("SELECT state, void_reason FROM txn")
     assert [tuple(r) for r in state] == [("VOIDED", "expired")]
     assert await available(env) == before

@@ -1,5 +1,8 @@
 """Fixtures shared by the switch tests."""
 
+from collections.abc import AsyncIterator
+
+import asyncpg
 import pytest
 
 from switch.cli import main
@@ -19,3 +22,10 @@ def cli(db_url, tmp_path, monkeypatch, capsys):
 
     run.key_file = tmp_path / "keys.json"  # type: ignore[attr-defined]
     return run
+
+
+@pytest.fixture
+async def pool(db_url) -> AsyncIterator[asyncpg.Pool]:
+    """Connections for concurrent callers (and for the sweeper, which takes a pool)."""
+    async with asyncpg.create_pool(db_url, min_size=10, max_size=10) as p:
+        yield p

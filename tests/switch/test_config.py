@@ -43,6 +43,27 @@ def test_bad_value_names_the_setting(env, named):
         load_settings(environ=env)
 
 
+# The sweeper's bounds: (setting, its largest value); the smallest is 1 for each.
+SWEEP_BOUNDS = [("hold_sweep_batch_max", 100_000), ("lot_expiry_batch_max", 100_000),
+                ("tier_review_batch_max", 100_000), ("tier_review_interval_days", 365)]
+
+
+@pytest.mark.parametrize(("name", "top"), SWEEP_BOUNDS)
+def test_sweep_bounds_are_accepted_at_their_ends_and_refused_past_them(name, top):
+    env = "LOYALTY_" + name.upper()
+    for value in (1, top):
+        assert getattr(load_settings(environ={env: str(value)}), name) == value
+    for value in (0, top + 1):
+        with pytest.raises(ConfigError, match=rf"setting {name} \({env}\)"):
+            load_settings(environ={env: str(value)})
+
+
+def test_sweep_defaults():
+    s = load_settings(environ={})
+    assert (s.hold_sweep_batch_max, s.lot_expiry_batch_max, s.tier_review_batch_max,
+            s.tier_review_interval_days) == (500, 500, 500, 30)
+
+
 def test_unknown_key_in_file_is_refused(tmp_path: Path):
     f = tmp_path / "c.toml"
     f.write_text("listen_prot = 1\n")

@@ -75,12 +75,6 @@ async def shop(conn) -> int:
     return await other_account(conn, "shop")
 
 
-@pytest.fixture
-async def pool(db_url) -> AsyncIterator[asyncpg.Pool]:
-    async with asyncpg.create_pool(db_url, min_size=10, max_size=10) as p:
-        yield p
-
-
 async def hold(conn, card: int, shop: int, amount: int, timeout_at: datetime = T0 + TIMEOUT
                ) -> int:
     result = await ledger.hold(conn, Unit.IRR, "purchase", debit=card, credit=shop,
