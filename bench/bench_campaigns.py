@@ -23,9 +23,9 @@ from switch.campaign_file import parse_campaigns
 CAMPAIGN_FILE = Path(__file__).with_name("campaigns.toml")
 TEMPLATE_MERCHANT = "m0"  # the file's per-merchant campaigns name it, ids end in "-m0"
 BASKET = ("5411",)  # field 48 IT on every 0100 of a campaign run: groceries, double points
-# Rolling 12-month spend that earns bronze, silver, gold: a bench card is silver after a
-# handful of purchases, so the tier rule fires within a run.
-TIER_SPEND_RIAL = (0, 50_000, 200_000)
+# Rolling 12-month spend that earns bronze, silver, gold: a bench card is silver after one
+# purchase and gold after about ten, so the tier rule fires even in a short, wide run.
+TIER_SPEND_RIAL = (0, 10_000, 100_000)
 # Ledger codes phase 2 posts grants under (migration 0013): discounts funded by the
 # network or a sponsor, store credit, points. A merchant's own discount posts nothing.
 POSTED_CODES = ("discount", "cashback", "points")
