@@ -141,6 +141,66 @@ CHECKS: tuple[Check, ...] = (
                                 <> coalesce(sum(l.remaining), 0)""",
     ),
     Check(
+        "every lot's draws, less what was given back, are what it lost, within its amount",
+        "SELECT count(*) FROM ledger_lot",
+        """SELECT l.id, l.amount, l.remaining, coalesce(sum(d.amount), 0)
+           FROM ledger_lot l LEFT JOIN ledger_lot_draw d ON d.lot_id = l.id
+           GROUP BY l.id
+           HAVING l.amount - coalesce(sum(d.amount), 0) <> l.remaining
+               OR coalesce(sum(d.amount), 0) NOT BETWEEN 0 AND l.amount""",
+    ),
+    Check(
+        "no lot movement is undone beyond what it moved, nor given back to another lot",
+        "SELECT count(*) FROM ledger_lot_draw WHERE undoes IS NOT NULL",
+        # What stands of a movement: its size less what stands of the movements undoing it.
+        """WITH u AS (
+             SELECT u.undoes, u.lot_id, u.amount, abs(u.amount) - coalesce(
+                      (SELECT sum(abs(v.amount)) FROM ledger_lot_draw v
+                       WHERE v.undoes = u.id), 0) AS stands
+             FROM ledger_lot_draw u WHERE u.undoes IS NOT NULL)
+           SELECT d.id FROM ledger_lot_draw d JOIN u ON u.undoes = d.id
+           GROUP BY d.id, d.amount
+           HAVING sum(u.stands) > abs(d.amount) OR bool_or(sign(u.amount) = sign(d.amount))
+               OR bool_or(u.amount < 0 AND u.lot_id <> d.lot_id)""",
+    ),
+    Check(
+        "every store-credit and points entry moved its account's lots by its amount",
+        "SELECT count(*) FROM ledger_lot_draw WHERE transfer_id IS NOT NULL",
+        # From the first recorded movement on: 0021 summed earlier draws per lot.
+        """WITH since AS (SELECT min(transfer_id) AS first FROM ledger_lot_draw),
+           moved AS (
+             SELECT d.transfer_id, l.account_id, d.amount FROM ledger_lot_draw d
+             JOIN ledger_lot l ON l.id = d.lot_id WHERE d.transfer_id IS NOT NULL
+             UNION ALL
+             SELECT transfer_id, account_id, -amount FROM ledger_lot
+             WHERE transfer_id IS NOT NULL
+             UNION ALL
+             SELECT e.transfer_id, e.account_id, -e.amount FROM ledger_entry e
+             JOIN ledger_transfer t ON t.id = e.transfer_id AND t.kind IN ('single', 'post')
+             JOIN ledger_account a ON a.id = e.account_id
+                  AND a.kind IN ('card_credit', 'card_points'))
+           SELECT transfer_id, account_id, sum(amount) FROM moved, since
+           WHERE transfer_id >= since.first
+           GROUP BY transfer_id, account_id HAVING sum(amount) <> 0""",
+    ),
+    Check(
+        "no purchase's fee is given back beyond it, and a refunded whole gives it all back",
+        "SELECT count(DISTINCT original_txn_id) FROM txn WHERE kind = 'refund'",
+        # What each standing refund gave back is what it posted (code refund_fee).
+        """WITH back AS (
+             SELECT r.original_txn_id AS id, sum(r.amount_rial) AS refunded,
+                    coalesce(sum((SELECT sum(e.amount) FROM ledger_transfer t
+                                  JOIN ledger_entry e ON e.transfer_id = t.id
+                                  WHERE t.ref = r.rrn AND t.code = 'refund_fee'
+                                    AND e.amount > 0)), 0) AS fee
+             FROM txn r WHERE r.kind = 'refund' AND r.state = 'CONFIRMED'
+             GROUP BY r.original_txn_id)
+           SELECT o.rrn, back.fee, o.quote->>'network_fee' FROM back JOIN txn o ON o.id = back.id
+           WHERE back.fee > (o.quote->>'network_fee')::bigint
+              OR (back.refunded = (o.quote->>'payable')::bigint
+                  AND back.fee <> (o.quote->>'network_fee')::bigint)""",
+    ),
+    Check(
         "every campaign's used budget is what its live transactions reserved",
         "SELECT count(*) FROM campaign k WHERE campaign_budget(k) IS NOT NULL",
         """SELECT k.id, k.budget_used_rial + k.budget_used_units, coalesce(sum(v.amount), 0)

@@ -14,14 +14,14 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any
 
-from protocol.fields import AccountType, AmountType, ProcessingCode, ResponseCode
+from protocol.fields import AccountType, AmountType, ProcessingCode, ResponseCode, Sign
 from protocol.messages import AuthRequest, AuthResponse, response_to
 from protocol.values import AmountBlock
 from switch import campaign_pricing, ledger
 from switch.context import SHAPARAK_CONFIRM_WINDOW
 from switch.pricing import FeePlan, Quote, ShaparakFeeRule, quote_purchase, refund_share
 from switch.rules import Rule
-from switch.store import AuthArgs, Outcome
+from switch.store import AuthArgs, Clawback, Outcome
 
 PC = ProcessingCode
 _KIND = {PC.PURCHASE_SHAPARAK: "bank_purchase", PC.PURCHASE_CLUB: "club_purchase",
@@ -129,6 +129,15 @@ def quote_blocks(q: Quote, *, psp_fee: bool = False, rewards: bool = False
     return tuple(blocks)
 
 
+def clawback_blocks(c: Clawback | None) -> tuple[AmountBlock, ...]:
+    """A refund's 94 and 95 with sign D: the store credit and points it takes back of what
+    its purchase earned (none when the purchase earned neither)."""
+    if c is None:
+        return ()
+    return (AmountBlock(AccountType.STORE_CREDIT, AmountType.CASHBACK, c.credit, Sign.DEBIT),
+            AmountBlock(AccountType.POINTS, AmountType.POINTS_EARNED, c.points, Sign.DEBIT))
+
+
 def _earns(q: Quote) -> bool:
     """Whether a club purchase's 0110 shows the cashback and points blocks: when it earns
     any (a campaign granted them); a purchase without campaigns keeps its 0110 as before."""
@@ -182,4 +191,6 @@ def _approved_blocks(o: Outcome) -> tuple[AmountBlock, ...]:
     elif o.quote is not None and o.kind == "topup" and o.quote.cashback:
         blocks += (AmountBlock(AccountType.STORE_CREDIT, AmountType.CASHBACK,
                                o.quote.cashback),)
+    elif o.kind == "refund":
+        blocks += clawback_blocks(o.clawback)
     return blocks + reported_balances(o)

@@ -22,7 +22,7 @@ from protocol.messages import (
     ReversalResponse,
     response_to,
 )
-from switch.phase1 import quote_blocks, reported_balances
+from switch.phase1 import clawback_blocks, quote_blocks, reported_balances
 from switch.store import AdviceArgs, Outcome
 
 
@@ -41,7 +41,8 @@ def confirm_response(req: ConfirmAdvice, o: Outcome) -> ConfirmResponse:
     if o.response_code is not ResponseCode.APPROVED:
         return response
     assert o.quote is not None
-    blocks = quote_blocks(o.quote, rewards=o.rewards) if o.kind != "refund" else ()
+    blocks = (clawback_blocks(o.clawback) if o.kind == "refund"
+              else quote_blocks(o.quote, rewards=o.rewards))
     return replace(response, rrn=o.rrn, amounts=blocks + reported_balances(o))
 
 

@@ -92,6 +92,15 @@ class PriceAgain(Exception):  # noqa: N818  (control flow: the call wrote nothin
 
 
 @dataclass(frozen=True, slots=True)
+class Clawback:
+    """What a refund takes back of the store credit (rials) and points its purchase earned:
+    in the 0110 what it owes if confirmed now, in the 0230 what it took."""
+
+    credit: int
+    points: int
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What the database decided for a request (request_log.result); with the request, all
     that its response is built from."""
@@ -103,15 +112,17 @@ class Outcome:
     rewards: bool
     approved: int | None
     balances: dict[str, ledger.Balance]
+    clawback: Clawback | None = None  # a refund's, when its purchase earned credit or points
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Outcome:
-        quote = data.get("quote")
+        quote, clawback = data.get("quote"), data.get("clawback")
         return cls(
             name=data["outcome"], rrn=data.get("rrn"), kind=data.get("kind"),
             quote=None if quote is None else Quote.from_json(quote),
             rewards=data.get("rewards", False), approved=data.get("approved"),
-            balances={k: ledger.Balance(*v) for k, v in data.get("balances", {}).items()})
+            balances={k: ledger.Balance(*v) for k, v in data.get("balances", {}).items()},
+            clawback=None if clawback is None else Clawback(**clawback))
 
     @property
     def decline(self) -> Decline | None:

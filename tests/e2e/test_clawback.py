@@ -1,12 +1,16 @@
 """A refund takes back, in proportion, the cashback and points its purchase granted, over
 TCP: whole on a full refund, exactly the grant over partial refunds, and only what the card
-still has when it spent the cashback (the rest recorded in txn_clawback). `db check` runs
-after each test (the fixture), including the clawback checks.
+still has when it spent the cashback (the rest recorded in txn_clawback). The refund's 0110
+reports what it owes back and its 0230 what it took (field 54 types 94 and 95, sign D).
+`db check` runs after each test (the fixture), including the clawback checks.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocol.fields import AmountType, ProcessingCode, ResponseCode
+from simulator.terminal import Response
 from switch import dbcheck, demo, ledger
 from tests.e2e.conftest import Env
 from tests.e2e.support import balance, blocks, merchant_id
@@ -40,6 +44,13 @@ _CORRUPTIONS = [
 ]
 
 
+def taken_back(response: Response[Any]) -> tuple[int, int]:
+    """A refund's 94 and 95 (store credit and points it takes back: sign D, so negative)."""
+    found = blocks(response)
+    return (found[(CREDIT, AmountType.CASHBACK.value)],
+            found[(POINTS, AmountType.POINTS_EARNED.value)])
+
+
 async def campaigns(env: Env) -> None:
     # 3.33 % merchant cashback and a point per 7,000 rials, so partial shares round.
     await add(env, id="cafe-back", kind="cashback", bp=333, expiry_days=30, merchant=CAFE)
@@ -60,7 +71,10 @@ async def test_full_refund_takes_back_all_cashback_and_points(env):
         assert await credit_and_points(env, 1) == (before[0] + 3_330, before[1] + 14)
         refund, p2 = await client.refund(bought.message.rrn, 100_000, pan, demo.CARD_EXPIRY)
         assert refund.code is ResponseCode.APPROVED, refund
-        assert (await client.confirm(p2, refund.message.rrn)).code is ResponseCode.APPROVED
+        assert taken_back(refund) == (-3_330, -14)
+        confirmed = await client.confirm(p2, refund.message.rrn)
+        assert confirmed.code is ResponseCode.APPROVED
+        assert taken_back(confirmed) == (-3_330, -14)
     assert await credit_and_points(env, 1) == before
     assert await clawbacks(env, refund.message.rrn) == [
         ("cashback", 3_330, 3_330), ("points", 14, 14)]
@@ -88,13 +102,15 @@ async def test_two_partial_refunds_take_back_exactly_the_grant_then_reversal_und
         await client.confirm(prepared, bought.message.rrn)
         rrn = bought.message.rrn
         first, p1 = await client.refund(rrn, 33_333, pan, demo.CARD_EXPIRY)
-        await client.confirm(p1, first.message.rrn)
+        assert taken_back(first) == (-1_109, -4)
+        assert taken_back(await client.confirm(p1, first.message.rrn)) == (-1_109, -4)
         # Floor of 3,330 x 33,333 / 100,000 = 1,109.9 -> 1,109; 14 x 0.33333 = 4.67 -> 4.
         assert await clawbacks(env, first.message.rrn) == [
             ("cashback", 1_109, 1_109), ("points", 4, 4)]
         assert await credit_and_points(env, 1) == (before[0] + 2_221, before[1] + 10)
         second, p2 = await client.refund(rrn, 66_667, pan, demo.CARD_EXPIRY)
-        await client.confirm(p2, second.message.rrn)
+        assert taken_back(second) == (-2_221, -10)
+        assert taken_back(await client.confirm(p2, second.message.rrn)) == (-2_221, -10)
         # The refund that completes the payable takes the remainder.
         assert await clawbacks(env, second.message.rrn) == [
             ("cashback", 2_221, 2_221), ("points", 10, 10)]
@@ -124,6 +140,25 @@ async def test_spent_cashback_is_taken_back_as_far_as_left_and_the_rest_recorded
         assert (await balance(env, credit)).ledger == 1_000
         refund, p3 = await client.refund(bought.message.rrn, 100_000, pan, demo.CARD_EXPIRY)
         assert refund.code is ResponseCode.APPROVED, refund
-        await client.confirm(p3, refund.message.rrn)
+        # The 0110 says what the refund owes back; the 0230 what it could take.
+        assert taken_back(refund) == (-3_330, -14)
+        confirmed = await client.confirm(p3, refund.message.rrn)
+        assert taken_back(confirmed) == (-1_000, -14)
+        # A repeated confirm answers the same amounts.
+        assert taken_back(await client.confirm(p3, refund.message.rrn)) == (-1_000, -14)
     assert (await balance(env, credit)).ledger == 0
     assert (await clawbacks(env, refund.message.rrn))[0] == ("cashback", 3_330, 1_000)
+
+
+async def test_a_refund_of_a_purchase_that_earned_nothing_reports_no_clawback(env):
+    pan = demo.demo_club_pan(1)
+    client = await env.client(TID)
+    async with client:
+        bought, prepared = await client.purchase(100_000, pan, demo.CARD_EXPIRY)
+        await client.confirm(prepared, bought.message.rrn)
+        refund, p2 = await client.refund(bought.message.rrn, 100_000, pan, demo.CARD_EXPIRY)
+        confirmed = await client.confirm(p2, refund.message.rrn)
+    for response in (refund, confirmed):
+        assert response.code is ResponseCode.APPROVED, response
+        assert not {key for key in blocks(response)
+                    if key[1] in (AmountType.CASHBACK.value, AmountType.POINTS_EARNED.value)}

@@ -25,6 +25,7 @@ from tests.switch.test_dbcheck import (
     BUDGET_MATCHES,
     DAILY_MATCHES,
     GRANTS_MATCH,
+    LOT_DRAWS_MATCH,
     LOTS_MATCH,
     PRICING_CHECKS,
 )
@@ -249,14 +250,15 @@ async def test_cashback_lot_spent_first_then_expired_by_the_sweeper(env):
         == issued_before + 6_000
 
 
-# Each corruption (one less) of what pricing wrote, and the one check that names it.
+# Each corruption (one less) of what pricing wrote, and the checks that name it (a lot's
+# remainder no longer matches its account's balance nor its draws).
 _CORRUPTIONS = [
     ("UPDATE ledger_lot SET remaining = remaining {} 1 WHERE id = (SELECT max(id) FROM ledger_lot)",
-     LOTS_MATCH),
+     {LOTS_MATCH, LOT_DRAWS_MATCH}),
     ("UPDATE campaign SET budget_used_rial = budget_used_rial {} 1 WHERE id = 'cafe-20'",
-     BUDGET_MATCHES),
-    ("UPDATE card_rule_day SET granted = granted {} 1", DAILY_MATCHES),
-    ("UPDATE txn_grant SET amount = amount {} 1 WHERE effect = 'discount'", GRANTS_MATCH),
+     {BUDGET_MATCHES}),
+    ("UPDATE card_rule_day SET granted = granted {} 1", {DAILY_MATCHES}),
+    ("UPDATE txn_grant SET amount = amount {} 1 WHERE effect = 'discount'", {GRANTS_MATCH}),
 ]
 
 
@@ -271,12 +273,12 @@ async def test_db_check_proves_the_pricing_invariants(env):
         await client.confirm(prepared, response.message.rrn)
     outcomes = {o.check.name: o for o in await dbcheck.run_checks(env.conn)}
     assert all(outcomes[name].ok and outcomes[name].examined > 0 for name in PRICING_CHECKS)
-    for sql, name in _CORRUPTIONS:
+    for sql, names in _CORRUPTIONS:
         async with env.conn.transaction():
             await env.conn.execute("SET LOCAL session_replication_role = replica")
             await env.conn.execute(sql.format("-"))
         failed = {o.check.name for o in await dbcheck.run_checks(env.conn) if not o.ok}
-        assert failed == {name}
+        assert failed == names
         async with env.conn.transaction():
             await env.conn.execute("SET LOCAL session_replication_role = replica")
             await env.conn.execute(sql.format("+"))
