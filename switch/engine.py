@@ -12,8 +12,8 @@ How rules combine, in this order:
    rule), then the rule's cap, then at most the running payable, the card's headroom under
    the daily limit and the budget left. So the discount never exceeds the amount.
 4. Exclusivity: an exclusive rule that grants anything stops every rule after it; rules
-   before it keep what they granted. One that grants nothing (its budget is spent, say)
-   stops nothing.
+   before it keep what they granted. One that grants nothing (its budget is spent, say, or
+   a stamp card's visit that only counts a stamp) stops nothing.
 5. Rewards (cashback, top-up bonus, points, lottery entries) are computed on the final
    payable, what the customer actually pays, wherever they stand in the order. (An exclusive
    reward that grants ends the walk, so the payable it sees is already final.)
@@ -143,6 +143,7 @@ class _Outcome:
 
     @property
     def fired(self) -> bool:
+        """Shown among the rules fired: it granted, or counted a stamp."""
         return bool(self.grants) or self.stamp is not None
 
     @property
@@ -171,7 +172,8 @@ def evaluate(rules: Iterable[Rule], ctx: PurchaseContext, fee_plan: FeePlan,
             deferred.append((rule, headroom))  # needs the final payable
             continue
         outcomes[rule.id] = outcome
-        if rule.exclusive and outcome.fired:
+        # A stamp counted without a free visit grants nothing, so it blocks nothing (step 4).
+        if rule.exclusive and outcome.grants:
             break
     for rule, headroom in deferred:
         outcomes[rule.id] = _reward(rule, ctx, payable, headroom)

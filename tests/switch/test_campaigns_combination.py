@@ -25,7 +25,7 @@ from switch.rules import (
     TopUpBonus,
     sponsor,
 )
-from tests.switch.campaign_cases import MELLAT, NOON, PC, TEN, ctx, price
+from tests.switch.campaign_cases import MELLAT, NOON, PC, TEN, ctx, member, price
 
 # --- stacking and exclusivity ----------------------------------------------------------------
 
@@ -62,6 +62,34 @@ def test_an_exclusive_rule_that_grants_nothing_stops_nothing():
     solo = PercentDiscount(id="solo", bp=5_000, priority=2, exclusive=True, budget=1_000)
     p = price([solo, replace(TEN, priority=1)], remaining_budget={"solo": 0})
     assert (p.discount, p.fired) == (100_000, ("ten",))
+
+
+STAMP_SOLO = StampCard(id="stamps", every=10, free_up_to_rial=300_000, priority=5,
+                       exclusive=True)
+LATER = [replace(TEN, priority=1), Points(id="pts", rial_per_point=10_000)]
+
+
+@pytest.mark.parametrize(("visits", "discount", "points", "fired"), [
+    # Visits 1 to 9 only count a stamp: nothing granted, nothing blocked.
+    (0, 100_000, 90, ("stamps", "ten", "pts")),
+    (8, 100_000, 90, ("stamps", "ten", "pts")),
+    # The 10th visit is free (up to 300,000): that grant ends the walk.
+    (9, 300_000, 0, ("stamps",)),
+    (19, 300_000, 0, ("stamps",)),
+    (10, 100_000, 90, ("stamps", "ten", "pts")),
+])
+def test_an_exclusive_stamp_card_blocks_only_on_its_free_visit(visits, discount, points, fired):
+    p = price([*LATER, STAMP_SOLO], member=member(visits_at_merchant=visits))
+    assert (p.discount, p.points, p.fired) == (discount, points, fired)
+    assert [s.rule_id for s in p.stamps] == ["stamps"]  # the visit counts either way
+
+
+def test_an_exclusive_stamp_card_whose_free_visit_is_capped_to_nothing_blocks_nothing():
+    stamps = replace(STAMP_SOLO, daily_limit=50_000)
+    p = price([*LATER, stamps], member=member(visits_at_merchant=9),
+              granted_today={"stamps": 50_000})
+    # No headroom left today: the rule does not apply at all, so it neither counts nor blocks.
+    assert (p.discount, p.points, p.fired) == (100_000, 90, ("ten", "pts"))
 
 
 def test_rewards_use_the_final_payable_whatever_their_priority():

@@ -171,14 +171,31 @@ def test_same_input_same_output_whatever_the_rule_order(rules, ctx, rnd):
 
 @settings(max_examples=400)
 @given(rule_sets(), contexts)
-def test_fired_rules_follow_the_order_and_an_exclusive_one_is_last(rules, ctx):
+def test_fired_rules_follow_the_order_and_an_exclusive_one_that_grants_is_last(rules, ctx):
     p = _priced(rules, ctx, FeePlan())
     by_id = {r.id: r for r in rules}
     keys = [(-by_id[i].priority, i) for i in p.fired]
     assert keys == sorted(keys)
-    exclusive = [i for i in p.fired if by_id[i].exclusive]
-    assert not exclusive or exclusive == [p.fired[-1]]
-    assert {g.rule_id for g in p.grants} <= set(p.fired)
+    granted = {g.rule_id for g in p.grants}
+    blocking = [i for i in p.fired if by_id[i].exclusive and i in granted]
+    assert not blocking or blocking == [p.fired[-1]]
+    # A rule fires by granting or by counting a stamp: an exclusive rule that fired without
+    # a grant (a stamp counted, no free visit) blocked nothing.
+    stamped = {s.rule_id for s in p.stamps}
+    assert set(p.fired) == granted | stamped
+    assert all(s.free_rial == 0 for s in p.stamps if s.rule_id not in granted)
+
+
+@settings(max_examples=300)
+@given(rule_sets(), contexts)
+def test_a_rule_that_grants_nothing_changes_nothing(rules, ctx):
+    """Exclusive or not, a rule that granted nothing (a stamp counted without a free visit,
+    a spent budget, a condition that fails) neither blocks nor changes any other grant."""
+    p = _priced(rules, ctx, FeePlan())
+    granted = {g.rule_id for g in p.grants}
+    for idle in (r for r in rules if r.id not in granted):
+        without = _priced([r for r in rules if r is not idle], ctx, FeePlan())
+        assert without.grants == p.grants
 
 
 @settings(max_examples=300)
