@@ -87,10 +87,11 @@ class GrantSummary:
 
 
 async def grant_summary(conn: asyncpg.Connection) -> GrantSummary:
+    # Sums are cast to bigint: a numeric arrives as a Decimal, which prints 520000 as 5.2E+5.
     confirmed = "t.state = 'CONFIRMED'"
     rows = await conn.fetch(
         f"""SELECT regexp_replace(g.rule_id, '-m[0-9]+$', '') AS campaign, g.effect,
-                   count(*) AS n, sum(g.amount) AS total
+                   count(*) AS n, sum(g.amount)::bigint AS total
             FROM txn_grant g JOIN txn t ON t.id = g.txn_id WHERE {confirmed}
             GROUP BY 1, 2 ORDER BY 1, 2""")
     counts = await conn.fetchrow(
@@ -100,7 +101,7 @@ async def grant_summary(conn: asyncpg.Connection) -> GrantSummary:
             FROM txn t WHERE {confirmed}""")
     assert counts is not None
     posted = await conn.fetch(
-        """SELECT code, count(*) AS n, sum(amount) AS total FROM ledger_transfer
+        """SELECT code, count(*) AS n, sum(amount)::bigint AS total FROM ledger_transfer
            WHERE code = ANY($1::text[]) GROUP BY code ORDER BY code""", list(POSTED_CODES))
     tiers = await conn.fetch("SELECT tier, count(*) AS n FROM card GROUP BY tier ORDER BY tier")
     return GrantSummary(

@@ -54,4 +54,5 @@ async def test_a_short_campaign_load_posts_every_kind_of_grant(db_url: str,
             ("bench-points", "points")} <= fired
     assert set(summary.posted) == set(POSTED_CODES)
     assert summary.discount_rial > 0
+    assert all(type(total) is int for *_, total in summary.by_campaign)  # not Decimal
     assert wrong_points == 0
