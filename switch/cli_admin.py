@@ -15,8 +15,17 @@ from typing import Any
 from protocol.cardblock import mask_pan
 from protocol.dukpt import derive_initial_key
 from simulator import profile
-from switch import cli_campaigns, cli_pricing, cli_profile, demo, keys, ledger, registry
-from switch.cli_context import CommandError, Context
+from switch import (
+    cli_campaigns,
+    cli_pricing,
+    cli_profile,
+    cli_tiers,
+    demo,
+    keys,
+    ledger,
+    registry,
+)
+from switch.cli_context import CommandError, Context, whole_number
 from switch.cli_context import print_table as _table
 from switch.pricing import FeePlan
 from switch.registry import MemberProfile
@@ -29,10 +38,7 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _rial(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of rials")
-    return int(text)
+_rial = whole_number("rials")
 
 
 def add_commands(commands: Any) -> None:
@@ -40,10 +46,11 @@ def add_commands(commands: Any) -> None:
                                description="Load the demo data (idempotent).")
     seed.set_defaults(handler=cmd_demo)
     admin = commands.add_parser("admin", help="networks, merchants, terminals, keys, members, "
-                                "cards, campaigns", description="Registry administration.")
+                                "cards, campaigns, tier policies",
+                                description="Registry administration.")
     groups = admin.add_subparsers(dest="admin_group", required=True, metavar="OBJECT")
     for add in (_network, _merchant, _bdk, _terminal, _member, _card, _bank_card, _topup,
-                cli_campaigns.add_group, cli_pricing.add_quote):
+                cli_campaigns.add_group, cli_tiers.add_group, cli_pricing.add_quote):
         add(groups)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,3 +64,12 @@ def table_lines(header: tuple[str, ...], rows: Sequence[tuple[Any, ...]],
     return ["  ".join(c.rjust(w) if i in right else c.ljust(w)
                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
             for row in cells]
+
+
+def whole_number(unit: str) -> Callable[[str], int]:
+    """An argparse type: a whole number, 0 or more, of `unit` (e.g. rials)."""
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {unit}")
+        return int(text)
+    return parse

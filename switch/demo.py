@@ -1,5 +1,6 @@
 """Demo data: one store network with a café, a hypermarket and a barber, their terminals,
-a hundred members with cards and balances, and the campaigns of switch/demo_campaigns/.
+a hundred members with cards and balances, the campaigns of switch/demo_campaigns/ and a
+tier policy.
 
 Everything is deterministic, so the simulator can recompute the demo cards' PANs from
 their index (`demo_club_pan`) instead of anyone storing them. Seeding twice changes nothing.
@@ -20,6 +21,7 @@ from switch.campaign_spec import CampaignSpec
 from switch.keys import KeyStore
 from switch.pricing import FeePlan
 from switch.registry import MemberProfile
+from switch.tiers import Threshold, TierPolicy
 
 NETWORK_CODE = "demo"
 CLUB_BIN = "990100"
@@ -38,6 +40,16 @@ MERCHANTS: tuple[tuple[str, str, str, str, FeePlan, bool], ...] = (
 )
 TERMINALS = {"cafe-lale": "CAFE", "hyper-setareh": "HYPR", "barber-sadaf": "BARB"}
 TERMINALS_PER_MERCHANT = 2
+
+# Tiers at the demo's prices (a coffee at the café ~100,000 rial, a haircut ~400,000, a
+# week's groceries at the hypermarket ~2,000,000). Bronze from 0: cards are issued bronze
+# (card.tier's default), so the seeded members, who have bought nothing yet, keep it and
+# the sweeper takes nothing away. Silver from 15,000,000 a year (a coffee twice a week and
+# a haircut a month), gold from 100,000,000 (the weekly groceries). The points are the
+# hypermarket's (a point per 10,000 rial, groceries double): 1,500 and 10,000 are the same
+# spend at the plain rate, so a member who buys groceries there gets silver on half.
+TIER_POLICY = TierPolicy(bronze=Threshold(0), silver=Threshold(15_000_000, 1_500),
+                         gold=Threshold(100_000_000, 10_000))
 
 _FIRST = ("Sara", "Ali", "Maryam", "Reza", "Zahra", "Hossein", "Fatemeh", "Mohammad",
           "Narges", "Amir", "Leila", "Mehdi", "Shirin", "Hamid", "Parisa", "Kaveh")
@@ -60,13 +72,16 @@ def demo_bank_pan(index: int) -> str:
 
 async def seed(conn: asyncpg.Connection, store: KeyStore, key_file: Path) -> str:
     if await conn.fetchval("SELECT 1 FROM store_network WHERE code = $1", NETWORK_CODE):
-        added = await seed_campaigns(conn)  # a database seeded before campaigns existed
+        # A database seeded before campaigns existed gets them. Not so the tier policy: one
+        # the operator cleared (`admin tier-policy clear`) must stay cleared.
+        added = await seed_campaigns(conn)
         return f"demo data already present; {added} campaigns added" if added else \
             "demo data already present"
     bdk_id = keys.add_bdk(key_file)
     store = keys.load(key_file)
     await registry.register_bdk(conn, bdk_id, "demo")
     network_id = await registry.add_network(conn, NETWORK_CODE, "Demo Shopping Centre", CLUB_BIN)
+    await registry.set_tier_policy(conn, NETWORK_CODE, TIER_POLICY)
     merchant_ids = {}
     for code, name, trade, bban, fees, exempt in MERCHANTS:
         merchant_ids[code] = await registry.add_merchant(
@@ -81,7 +96,7 @@ async def seed(conn: asyncpg.Connection, store: KeyStore, key_file: Path) -> str
     campaigns = await seed_campaigns(conn)
     return (f"demo data: network {NETWORK_CODE!r}, {len(MERCHANTS)} merchants, "
             f"{len(MERCHANTS) * TERMINALS_PER_MERCHANT} terminals, {MEMBERS} members with cards, "
-            f"{campaigns} campaigns")
+            f"{campaigns} campaigns, a tier policy")
 
 
 def demo_campaigns() -> list[CampaignSpec]:

@@ -1,4 +1,5 @@
-"""Registry operations behind the admin CLI: networks, merchants, terminals, members, cards.
+"""Registry operations behind the admin CLI: networks (and their tier policies), merchants,
+terminals, members, cards.
 
 Each function validates its arguments before touching the database and raises
 `RegistryError` with a message meant for the operator; the CLI runs each command in one
@@ -16,6 +17,7 @@ import asyncpg
 from switch import cards, ledger
 from switch.keys import KeyStore
 from switch.pricing import FeePlan
+from switch.tiers import Threshold, TierPolicy
 
 _CODE = re.compile(r"^[a-z0-9][a-z0-9-]{1,31}$")
 _TID = re.compile(r"^[0-9A-Z]{8}$")
@@ -72,6 +74,48 @@ async def add_merchant(
         network_id, code, name, trade, sheba, fees.bp, fees.fixed_rial, fees.min_rial,
         fees.max_rial, shaparak_fee_exempt)
     return merchant_id
+
+
+async def set_tier_policy(conn: asyncpg.Connection, network: str, policy: TierPolicy) -> bool:
+    """Make `policy` the network's tier policy, all of it (points not given are cleared);
+    True if the network had none before."""
+    network_id = await _id_of(conn, "store_network", "code", network)
+    steps = (policy.bronze, policy.silver, policy.gold)
+    had = await conn.fetchval(
+        "SELECT 1 FROM tier_policy WHERE network_id = $1 FOR UPDATE", network_id)
+    await conn.execute(
+        """INSERT INTO tier_policy (network_id, bronze_spend_rial, silver_spend_rial,
+                                    gold_spend_rial, bronze_points, silver_points, gold_points)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (network_id) DO UPDATE SET
+               bronze_spend_rial = EXCLUDED.bronze_spend_rial,
+               silver_spend_rial = EXCLUDED.silver_spend_rial,
+               gold_spend_rial = EXCLUDED.gold_spend_rial,
+               bronze_points = EXCLUDED.bronze_points, silver_points = EXCLUDED.silver_points,
+               gold_points = EXCLUDED.gold_points""",
+        network_id, *(t.spend_rial for t in steps), *(t.points for t in steps))
+    return had is None
+
+
+async def tier_thresholds(conn: asyncpg.Connection, network: str
+                          ) -> tuple[Threshold, Threshold, Threshold] | None:
+    """The network's bronze, silver and gold thresholds as stored (not re-validated: a row
+    inserted by hand may break the points order, and is still shown), or None."""
+    network_id = await _id_of(conn, "store_network", "code", network)
+    row = await conn.fetchrow("SELECT * FROM tier_policy WHERE network_id = $1", network_id)
+    if row is None:
+        return None
+    bronze, silver, gold = (Threshold(row[f"{name}_spend_rial"], row[f"{name}_points"])
+                            for name in ("bronze", "silver", "gold"))
+    return bronze, silver, gold
+
+
+async def clear_tier_policy(conn: asyncpg.Connection, network: str) -> None:
+    """Remove the network's tier policy: its tiers then stay as they are."""
+    network_id = await _id_of(conn, "store_network", "code", network)
+    removed = await conn.fetchval(
+        "DELETE FROM tier_policy WHERE network_id = $1 RETURNING 1", network_id)
+    _require(removed is not None, f"network {network!r} has no tier policy")
 
 
 async def set_status(conn: asyncpg.Connection, table: str, key_column: str, key: object,

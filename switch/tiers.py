@@ -8,8 +8,10 @@ the member and changed by `review_tier`, which the caller runs when a purchase i
 from __future__ import annotations
 
 import enum
-import itertools
 from dataclasses import dataclass
+from typing import Literal
+
+THRESHOLD_MAX = 2**63 - 1  # the range of tier_policy's bigint columns
 
 
 class Tier(enum.IntEnum):
@@ -27,16 +29,44 @@ class Threshold:
     points: int | None = None  # None: not reachable by points
 
 
+Measure = Literal["spend", "points"]
+
+
+class TierPolicyError(ValueError):
+    """A threshold the policy refuses; `tier` and `measure` say which one."""
+
+    def __init__(self, tier: Tier, measure: Measure, problem: str) -> None:
+        super().__init__(f"{tier.name.lower()} {measure}: {problem}")
+        self.tier, self.measure, self.problem = tier, measure, problem
+
+
 @dataclass(frozen=True, slots=True)
 class TierPolicy:
+    """Spend thresholds are non-negative and do not decrease from bronze to gold. Points may
+    be given for any of the tiers (a tier without them is reached by spend only, as a NULL
+    is in migrations/0015_tiers.sql); those given follow the same rule among themselves, so
+    bronze 100 points and gold 500 is a policy, bronze 500 and gold 100 is not."""
+
     bronze: Threshold
     silver: Threshold
     gold: Threshold
 
     def __post_init__(self) -> None:
-        steps = (self.bronze, self.silver, self.gold)
-        if any(b.spend_rial < a.spend_rial for a, b in itertools.pairwise(steps)):
-            raise ValueError("tier spend thresholds must not decrease")
+        steps = ((Tier.BRONZE, self.bronze), (Tier.SILVER, self.silver), (Tier.GOLD, self.gold))
+        _check_ascending("spend", [(tier, t.spend_rial) for tier, t in steps])
+        _check_ascending("points", [(tier, t.points) for tier, t in steps
+                                    if t.points is not None])
+
+
+def _check_ascending(measure: Measure, steps: list[tuple[Tier, int]]) -> None:
+    below: tuple[Tier, int] | None = None
+    for tier, value in steps:
+        if not 0 <= value <= THRESHOLD_MAX:
+            raise TierPolicyError(tier, measure, f"{value} is not between 0 and {THRESHOLD_MAX}")
+        if below is not None and value < below[1]:
+            raise TierPolicyError(tier, measure, f"{value:,} is below {below[0].name.lower()}'s "
+                                  f"{below[1]:,} (thresholds must not decrease to gold)")
+        below = (tier, value)
 
 
 def earned_tier(spend_12m_rial: int, points_12m: int, policy: TierPolicy) -> Tier:

@@ -284,38 +284,6 @@ async def test_db_check_proves_the_pricing_invariants(env):
             await env.conn.execute(sql.format("+"))
 
 
-async def test_tier_reviewed_on_confirm_up_at_once_down_one_step(env):
-    """With the network's policy (silver from 100,000 rials in 12 months, gold from
-    250,000), a confirmed 150,000 purchase makes a bronze card silver and 120,000 more gold,
-    after which a gold-only rule prices its purchases; raising the bar takes it down one
-    step per review."""
-    await env.conn.execute(
-        """INSERT INTO tier_policy (network_id, bronze_spend_rial, silver_spend_rial,
-                                    gold_spend_rial, gold_points)
-           VALUES ($1, 0, 100000, 250000, 50)""",
-        await network_id(env))
-    await add(env, id="gold-10", kind="percent_discount", bp=1_000, tiers=["gold"])
-    card_id, pan = await env.card_id(7), demo.demo_club_pan(7)
-
-    async def tier() -> str:
-        value: str = await env.conn.fetchval("SELECT tier FROM card WHERE id = $1", card_id)
-        return value
-
-    client = await env.client("CAFE0002")
-    async with client:
-        for amount, discount, after in ((150_000, 0, "silver"), (120_000, 0, "gold"),
-                                        (100_000, 10_000, "gold")):
-            response, prepared = await client.purchase(amount, pan, demo.CARD_EXPIRY)
-            assert blocks(response)[(NONE, AmountType.DISCOUNT.value)] == discount
-            await client.confirm(prepared, response.message.rrn)
-            assert await tier() == after
-        await env.conn.execute("UPDATE tier_policy SET silver_spend_rial = 1e9, "
-                               "gold_spend_rial = 1e9, gold_points = NULL")
-        response, prepared = await client.purchase(10_000, pan, demo.CARD_EXPIRY)
-        await client.confirm(prepared, response.message.rrn)
-        assert await tier() == "silver"
-
-
 async def test_points_budget_runs_out_exactly(env):
     """Points budgets are counted in points: 15 in all, so 10 then the 5 left, then none."""
     await add(env, id="pts-15", kind="points", rial_per_point=10_000, budget_points=15,

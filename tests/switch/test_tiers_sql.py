@@ -42,8 +42,11 @@ amounts = st.integers(0, 10**12)
 
 @st.composite
 def policies(draw: st.DrawFn) -> TierPolicy:
+    """Valid policies (TierPolicy refuses others): spends in order, points for any of the
+    tiers (None: by spend only), in order among those given."""
     spends = sorted(draw(st.lists(amounts, min_size=3, max_size=3)))
-    points = [draw(st.none() | amounts) for _ in range(3)]
+    points = [p if draw(st.booleans()) else None
+              for p in sorted(draw(st.lists(amounts, min_size=3, max_size=3)))]
     return TierPolicy(*(Threshold(s, p) for s, p in zip(spends, points, strict=True)))
 
 
