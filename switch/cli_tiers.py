@@ -49,7 +49,7 @@ def _network_option(parser: Any) -> None:
     parser.add_argument("--network", required=True, metavar="CODE", help="store network code")
 
 
-def policy_from(args: argparse.Namespace) -> TierPolicy:
+def _policy_from(args: argparse.Namespace) -> TierPolicy:
     """The policy the arguments give; a refused threshold names its option."""
     bronze, silver, gold = (Threshold(getattr(args, f"{tier}_spend"),
                                       getattr(args, f"{tier}_points")) for tier in _TIERS)
@@ -60,7 +60,7 @@ def policy_from(args: argparse.Namespace) -> TierPolicy:
 
 
 async def cmd_set(ctx: Context, args: argparse.Namespace) -> int:
-    policy = policy_from(args)
+    policy = _policy_from(args)
     async with ctx.transaction() as conn:
         created = await registry.set_tier_policy(conn, args.network, policy)
     print(f"tier policy of network {args.network} {'set' if created else 'replaced'}")

@@ -6,6 +6,7 @@ keeps the seeded members bronze. `db check` runs after each test (the fixture)."
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -22,15 +23,20 @@ SET = ("admin", "tier-policy", "set", "--network", demo.NETWORK_CODE)
 @pytest.fixture
 def loyalty(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     """`await loyalty(*argv)`: `loyalty ARGV` on the switch's database and key file; exit
-    status and stdout. In a thread, as `main` runs its own event loop."""
+    status and stdout. In a thread, as `main` runs its own event loop. The log handler
+    `main` installs is removed afterwards, so later tests see the root logger as it was."""
     monkeypatch.setenv("DATABASE_URL", env.url)
     monkeypatch.setenv("LOYALTY_KEY_FILE", str(env.key_file))
+    root = logging.getLogger()
+    handlers = list(root.handlers)
 
     async def run(*argv: str) -> tuple[int, str]:
         code = await asyncio.to_thread(main, list(argv))
         return code, capsys.readouterr().out
 
-    return run
+    yield run
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
 
 
 async def test_the_policy_the_command_sets_moves_tiers_on_confirm(env, loyalty):
