@@ -42,9 +42,9 @@ def test_set_show_replace_clear(cli, db_url):
     code, out, _ = cli("admin", "tier-policy", "show", "--network", "mall")
     assert code == 0
     assert out.splitlines()[1:] == ["tier    spend (rial)  points",
-                                    "bronze  0             -",
-                                    "silver  2,000,000     200",
-                                    "gold    9,000,000     1,000"]
+                                    "bronze             0       -",
+                                    "silver     2,000,000     200",
+                                    "gold       9,000,000   1,000"]
 
     # `set` replaces the whole policy: points not given again are gone.
     code, out, _ = cli(*SET, "--bronze-spend", "5", "--silver-spend", "5", "--gold-spend", "6")
@@ -123,7 +123,7 @@ def test_the_demo_seeds_its_policy_once(cli, db_url):
         (0, 15_000_000, 100_000_000)  # bronze at 0: the seeded members keep their bronze
     code, out, _ = cli("admin", "tier-policy", "show", "--network", "demo")
     assert code == 0
-    assert "silver  15,000,000    1,500" in out
+    assert "silver    15,000,000   1,500" in out
     # A policy the operator cleared stays cleared when the demo is loaded again.
     assert cli("admin", "tier-policy", "clear", "--network", "demo")[0] == 0
     assert cli("demo")[1].strip() == "demo data already present"
