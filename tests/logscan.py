@@ -6,8 +6,8 @@ tests what the code passes to the logger, not the formatter's last-defence mask.
 starts a CLI process runs it with `run_logged`, which stores the process's stdout and stderr
 in the same directory; the directory is also in the environment as `LOYALTY_TEST_LOG_DIR`
 for tests that start processes some other way. At the end of the session every file there is
-searched for a Luhn-valid 16-digit number (`switch.logs.find_pans`); one found fails the run
-(tests/conftest.py, `pytest_sessionfinish`).
+searched for a Luhn-valid 16-digit card number, one run or grouped (`switch.logs.find_pans`);
+one found fails the run (tests/conftest.py, `pytest_sessionfinish`).
 """
 
 from __future__ import annotations

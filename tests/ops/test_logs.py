@@ -39,6 +39,56 @@ def test_mask_pans_table(text: str, masked: str) -> None:
     assert logs.mask_pans(text) == masked
 
 
+SPACED = "6037 9912 3456 7893"  # Luhn-valid, the way it is printed on the card
+AMEX = "3782 822463 10005"      # 4-6-5
+DINERS = "3056 930902 5904"     # 4-6-4
+RRN_STAN = "123456789012 000128"  # 18 digits, Luhn-valid together, but a 12 and a 6
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    (SPACED, "603799******7893"),
+    ("6037-9912-3456-7893", "603799******7893"),
+    (f"card: {SPACED}.", "card: 603799******7893."),
+    (f"({SPACED}, {SPACED})", "(603799******7893, 603799******7893)"),
+    ("6037 9912-3456 7893", "603799******7893"),  # separators mixed: still one number
+    (AMEX, "378282*****0005"),
+    (DINERS, "305693****5904"),
+    ("4111 1111 1111 1111 110", "411111*********1110"),  # 19 digits, 4-4-4-4-3
+    # Another group joined on does not hide it: a year, an expiry, a terminal's number.
+    (f"{SPACED} 1405/09/03", "603799******7893 1405/09/03"),
+    (f"1404 {SPACED}", "1404 603799******7893"),
+    # A group before the PAN that makes a card number with the PAN's first groups: both
+    # are masked as one, nothing of the PAN's end shows.
+    (f"1409 {SPACED}", "140960**********7893"),
+    ("6037 9912 3456 7894", "6037 9912 3456 7894"),  # not Luhn-valid
+    # Not card layouts, so never masked whatever Luhn says: an RRN and a STAN, amounts, a
+    # date, a phone number, a Sheba in groups (the first group is 2 digits), a card number
+    # split inside a group, two spaces.
+    (RRN_STAN, RRN_STAN),
+    (f"rrn {RRN_STAN}", f"rrn {RRN_STAN}"),
+    ("250000 3750 1620 16000", "250000 3750 1620 16000"),
+    ("1405-09-03 14:30", "1405-09-03 14:30"),
+    ("0912 345 6789", "0912 345 6789"),
+    ("IR06 0170 0000 0012 3456 7890 01", "IR06 0170 0000 0012 3456 7890 01"),
+    ("603 7991 2345 6789 3", "603 7991 2345 6789 3"),
+    ("6037  9912  3456  7893", "6037  9912  3456  7893"),
+    ("603799******7893", "603799******7893"),  # already masked
+])
+def test_mask_pans_grouped_table(text: str, masked: str) -> None:
+    assert luhn_is_valid(RRN_STAN.replace(" ", ""))  # the table's premise
+    assert logs.mask_pans(text) == masked
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    (f"x {SPACED} y", ["6037991234567893"]),
+    (f"{VISA_TEST} and 6037-9912-3456-7893", [VISA_TEST, "6037991234567893"]),
+    (RRN_STAN, []),
+    (AMEX, []),  # 15 digits: the scan looks for 16
+])
+def test_find_pans_grouped(text: str, found: list[str]) -> None:
+    assert logs.find_pans(text) == found
+
+
 def _pan(body: str) -> str:
     return body + luhn_check_digit(body)
 
@@ -55,11 +105,22 @@ def test_a_luhn_valid_pan_anywhere_is_masked(pan: str, before: str, after: str) 
     assert out == before + pan[:6] + "*" * (len(pan) - 10) + pan[-4:] + after
 
 
+@given(pans.filter(lambda pan: len(pan) == 16), separators, separators,
+       st.sampled_from([" ", "-"]))
+def test_a_grouped_pan_anywhere_is_masked(pan: str, before: str, after: str,
+                                          sep: str) -> None:
+    grouped = sep.join(pan[i:i + 4] for i in range(0, 16, 4))
+    out = logs.mask_pans(before + grouped + after)
+    assert out == before + pan[:6] + "*" * 6 + pan[-4:] + after
+
+
 @given(st.text())
-def test_mask_leaves_no_luhn_valid_run_and_never_changes_length(text: str) -> None:
+def test_mask_leaves_no_card_number_and_only_drops_separators(text: str) -> None:
     out = logs.mask_pans(text)
-    assert len(out) == len(text)
     assert logs.find_pans(out) == []
+    # Only a grouped number's separators go: with them removed, the lengths agree.
+    assert len(out.replace(" ", "").replace("-", "")) == \
+        len(text.replace(" ", "").replace("-", ""))
 
 
 @pytest.mark.parametrize(("text", "found"), [
