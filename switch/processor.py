@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import asyncpg
 
@@ -152,12 +152,17 @@ def sign(response: m.Response, keys: WorkingKeys | None) -> bytes:
                                                                 m.mac_input(raw)))
 
 
-# A response as written to the socket, and its code (for the metrics).
-_Reply = tuple[bytes, ResponseCode]
+class _Reply(NamedTuple):
+    """A response as written to the socket, its code (for the metrics) and its RRN (for the
+    log; field 37, given by the switch or echoed from the request)."""
+
+    raw: bytes
+    code: ResponseCode
+    rrn: str | None
 
 
 def _reply(response: m.Response, keys: WorkingKeys | None) -> _Reply:
-    return sign(response, keys), response.response_code
+    return _Reply(sign(response, keys), response.response_code, getattr(response, "rrn", None))
 
 
 def _refusal(request: m.Request, code: ResponseCode, keys: WorkingKeys | None) -> _Reply:
@@ -229,7 +234,7 @@ class Processor:
         if not isinstance(request, m.Request):
             metrics.FRAMES_REJECTED.labels("not_a_request").inc()
             return None
-        raw, code = await self._answer(request, frame)
+        raw, code, rrn = await self._answer(request, frame)
         pc = getattr(request, "processing_code", None)
         metrics.count_message(request.MTI.value, pc.value if pc else "", code.value)
         duration_s = time.perf_counter() - started
@@ -237,7 +242,7 @@ class Processor:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("request_answered", extra={
                 "mti": request.MTI.value, "processing_code": pc.value if pc else None,
-                "response_code": code.value, "stan": request.stan,
+                "response_code": code.value, "stan": request.stan, "rrn": rrn,
                 "duration_ms": round(duration_s * 1000, 3)})
         return raw
 
@@ -319,7 +324,8 @@ class Processor:
         if decline is not None:
             log.info("request_declined", extra={
                 "reason": decline.name, "mti": request.MTI.value, "stan": request.stan,
-                "rrn": answer.outcome.rrn,
+                # A declined 0100 has no RRN; a declined advice has the one it names.
+                "rrn": answer.outcome.rrn or getattr(request, "rrn", None),
                 "pan": mask_pan(card.pan) if card and card.pan else None})
         return _reply(self._build(request, answer.outcome), keys)
 
@@ -421,5 +427,6 @@ class Processor:
         assert stored.response is not None  # stored as bytes, before migration 0007
         previous = cast(m.Response, m.decode(stored.response))
         if stored.ksn == request.ksn:
-            return stored.response, previous.response_code
+            return _Reply(stored.response, previous.response_code,
+                          getattr(previous, "rrn", None))
         return _reply(dataclasses.replace(previous, ksn=request.ksn), keys)
