@@ -5,6 +5,11 @@ Every file is built from the database rows of the window alone, in a fixed order
 clock reading, so the same window always gives byte-identical files. Each file is written
 to a temporary name and renamed into place: a crash mid-export leaves the previous file or
 none, never half of one. Dates are Jalali, Tehran time. Layouts: docs/settlement.md.
+
+The bank batch is fixed width in bytes, not characters: a bank's parser cuts records and
+fields at byte offsets, and a Persian letter is two bytes of UTF-8 (a ZWNJ three). The
+merchant name, the one field that is not ASCII, is cut to its byte width on a character
+boundary (`fit_utf8`) and padded with spaces to exactly that width.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,8 +29,9 @@ from settlement.positions import COMPONENTS
 from settlement.windows import SETTLED, WindowError, state, window_ref
 from switch.jalali import to_jalali
 
-RECORD_CHARS = 100  # every fixed-width record, before the CRLF
-NAME_CHARS = 35
+RECORD_BYTES = 100  # every fixed-width record, before the CRLF, in bytes of UTF-8
+NAME_BYTES = 35
+_JOINERS = "\u200c\u200d"  # ZWNJ, ZWJ: meaningless at the end of a cut name
 
 
 def jalali_time(instant: datetime) -> str:
@@ -33,8 +40,33 @@ def jalali_time(instant: datetime) -> str:
 
 
 def _pad(record: str) -> str:
-    assert len(record) <= RECORD_CHARS, record
-    return record.ljust(RECORD_CHARS) + "\r\n"
+    size = len(record.encode("utf-8"))
+    assert size <= RECORD_BYTES, record
+    return record + " " * (RECORD_BYTES - size) + "\r\n"
+
+
+def _is_mark(char: str) -> bool:
+    return unicodedata.category(char) in ("Mn", "Me")  # drawn on the letter before it
+
+
+def fit_utf8(text: str, width: int) -> str:
+    """`text` in exactly `width` bytes of UTF-8: cut on a character boundary, padded with
+    spaces. A line break or other control character becomes a space (it would split the
+    record); a cut never leaves a letter without its marks (a shadda, a hamza above) nor
+    ends on a joiner."""
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+    size = 0
+    for i, char in enumerate(text):
+        size += len(char.encode("utf-8"))
+        if size > width:
+            kept = text[:i]
+            if _is_mark(char):  # the letter's marks do not all fit: drop the letter too
+                while kept and _is_mark(kept[-1]):
+                    kept = kept[:-1]
+                kept = kept[:-1]
+            text = kept.rstrip(_JOINERS)
+            break
+    return text + " " * (width - len(text.encode("utf-8")))
 
 
 def payout_csv(payouts: Sequence[asyncpg.Record], cutoff: str) -> str:
@@ -55,9 +87,8 @@ def payout_batch(window_id: int, cutoff_at: datetime,
     lines = [_pad(f"H{window_ref(window_id):<20}{day.year:04d}{day.month:02d}{day.day:02d}"
                   f"{len(payouts):08d}{total:018d}")]
     for p in payouts:
-        name = p["name"][:NAME_CHARS]
         lines.append(_pad(f"D{p['sheba']}{p['amount_rial']:018d}{p['reference']:<20}"
-                          f"{name:<{NAME_CHARS}}"))
+                          f"{fit_utf8(p['name'], NAME_BYTES)}"))
     lines.append(_pad(f"T{len(payouts):08d}{total:018d}"))
     return "".join(lines)
 

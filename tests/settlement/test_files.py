@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from settlement import files, runner
 from tests.settlement.support import sheba
@@ -46,3 +47,53 @@ async def test_files_are_byte_identical_and_laid_out(conn: asyncpg.Connection,
     summary_text = (out / f"summary-W{w}.txt").read_text()
     assert "tehran: network -> hyper 150,000" in summary_text
     assert "tehran: cafe -> hyper 50,000" in summary_text
+
+
+ALEF, BE, SHADDA, ZWNJ = "\u0627", "\u0628", "\u0651", "\u200c"  # 2, 2, 2 and 3 bytes
+
+
+@pytest.mark.parametrize(("name", "width", "fitted"), [
+    ("Hyper Star", 35, "Hyper Star" + " " * 25),
+    (ALEF * 17 + "x", 35, ALEF * 17 + "x"),               # exactly 35 bytes: kept whole
+    (ALEF * 18, 35, ALEF * 17 + " "),                     # 36 bytes: the 18th letter goes
+    (ALEF * 17 + ZWNJ + BE, 35, ALEF * 17 + " "),         # the 3-byte joiner does not fit
+    (ALEF * 16 + ZWNJ + BE, 35, ALEF * 16 + "   "),       # it fits, but ends the name: cut
+    (ALEF * 16 + BE + SHADDA, 35, ALEF * 16 + "   "),     # no letter without its mark
+    (ALEF * 15 + BE + SHADDA, 35, ALEF * 15 + BE + SHADDA + " "),  # 34 bytes: all fits
+    ("Hyper\r\nStar", 12, "Hyper  Star "),                # a line break would split a record
+    ("آب", 3, "آ "),
+])
+def test_a_name_fits_its_byte_width(name: str, width: int, fitted: str) -> None:
+    out = files.fit_utf8(name, width)
+    assert out == fitted
+    assert len(out.encode("utf-8")) == width
+
+
+# Persian names at the 35-byte bound of the batch's name field (a Persian letter or digit
+# is two bytes of UTF-8, a ZWNJ three): 19 characters in exactly 35 bytes; and 61 bytes,
+# cut inside a word (its 18th character would end at byte 36).
+HYPER = "هایپر استار تهران ۱"
+BARBER = "آرایشگاه مردانه علی‌آقا شعبه ونک"
+
+
+async def test_persian_names_keep_the_batch_byte_exact(conn: asyncpg.Connection,
+                                                       tmp_path: Path) -> None:
+    await record_day(conn)
+    names = {"hyper": HYPER, "barber": BARBER}
+    for code, name in names.items():
+        await conn.execute("UPDATE merchant SET name = $1 WHERE code = $2", name, code)
+    summary = await runner.run(conn, SETTINGS, CUTOFF_1 + timedelta(minutes=5),
+                               cutoff_at=CUTOFF_1)
+    first = await files.export(conn, summary.window_id, tmp_path / "a")
+    second = await files.export(conn, summary.window_id, tmp_path / "b")
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    w = summary.window_id
+    raw = (tmp_path / "a" / f"payouts-W{w}.txt").read_bytes()
+    records = raw.split(b"\r\n")
+    assert records[-1] == b"" and [len(r) for r in records[:-1]] == [100] * 4
+    # The name is the last 35 bytes of a detail record, each a whole UTF-8 string.
+    fields = [r[65:].decode("utf-8") for r in records[1:3]]
+    assert len(HYPER) == 19 and fields[0] == HYPER  # 35 bytes: no padding, nothing cut
+    assert fields[1] == "آرایشگاه مردانه عل "  # 34 bytes and a space
+    csv_text = (tmp_path / "a" / f"payouts-W{w}.csv").read_text(encoding="utf-8")
+    assert BARBER in csv_text and HYPER in csv_text  # the CSV keeps whole names
