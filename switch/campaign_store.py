@@ -4,7 +4,9 @@
 use it): it resolves each campaign's network, merchant and terminals to the registry, fills
 in their ids, and inserts every campaign or, with `replace`, updates it (a new version).
 It checks everything before writing anything; the caller's transaction makes the whole file
-land or nothing. Refusals raise `RegistryError`. The database itself bumps versions and
+land or nothing. A replace must keep a budget true to the reservations that live purchases
+hold against it (same unit, no less than used; see `_check_budget`). Refusals raise
+`RegistryError`. The database itself bumps versions and
 appends `campaign_event` rows (see the migration), so no writer can skip the audit trail.
 """
 
@@ -32,13 +34,41 @@ class StoreOutcome:
 async def store_campaigns(conn: asyncpg.Connection, specs: list[CampaignSpec], *,
                           replace: bool = False) -> list[StoreOutcome]:
     resolved = [await _resolve(conn, spec) for spec in specs]
-    existing = {r["id"] for r in await conn.fetch(
-        "SELECT id FROM campaign WHERE id = ANY($1::text[])", [s.id for s in resolved])}
+    # Locked in id order, as the request path locks campaign rows, until the caller's
+    # transaction ends: no purchase reserves against a budget between the check and the write.
+    existing = {r["id"]: r for r in await conn.fetch(
+        """SELECT id, budget_used_rial, budget_used_units, ARRAY(
+                      SELECT DISTINCT v.budget_unit FROM txn_reservation v
+                      JOIN txn x ON x.id = v.txn_id AND x.state <> 'VOIDED'
+                      WHERE v.rule_id = k.id AND v.budget) AS live_units
+           FROM campaign k WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE""",
+        [s.id for s in resolved])}
     if existing and not replace:
         first = next(s.id for s in resolved if s.id in existing)
         raise RegistryError(f"campaign {first!r} already exists "
                             "(--replace stores a new version of it)")
+    for spec in resolved:
+        if spec.id in existing:
+            _check_budget(spec, existing[spec.id])
     return [await _write(conn, spec, spec.id in existing) for spec in resolved]
+
+
+def _check_budget(spec: CampaignSpec, stored: asyncpg.Record) -> None:
+    """A replacing spec's budget must still count what the campaign's live reservations
+    hold: in the same unit (a void gives each back in the unit it was reserved in, and a
+    budget's remainder adds up one unit), and no less than is used."""
+    if spec.budget is None:
+        return  # no budget: nothing left to count; live reservations are still given back
+    field = f"budget_{spec.limit_unit}"
+    other = sorted(set(stored["live_units"]) - {spec.limit_unit})
+    if other:
+        raise RegistryError(
+            f"campaign {spec.id!r}: {field}: its live reservations hold budget_{other[0]}; "
+            "a budget's unit cannot change while they do (store a campaign with a new id)")
+    used = stored["budget_used_rial" if spec.limit_unit == "rial" else "budget_used_units"]
+    if spec.budget < used:
+        raise RegistryError(f"campaign {spec.id!r}: {field}: {spec.budget:,} is less than "
+                            f"the {used:,} already used")
 
 
 async def _resolve(conn: asyncpg.Connection, spec: CampaignSpec) -> CampaignSpec:

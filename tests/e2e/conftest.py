@@ -8,8 +8,10 @@ so hold expiry and the field-7 window are tested by moving the clock, never by s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +24,7 @@ from protocol.dukpt import derive_initial_key
 from simulator.client import TerminalClient
 from simulator.terminal import Terminal
 from switch import db, demo, keys, ledger
+from switch.cli import main
 from switch.config import Settings, load_settings
 from switch.service import Switch
 from switch.sweeper import SweepLimits, sweep_all
@@ -147,3 +150,24 @@ async def env(admin_url: str, demo_template: tuple[str, Path], request: pytest.F
 @pytest.fixture
 def pan() -> Callable[[int], str]:
     return demo.demo_club_pan
+
+
+@pytest.fixture
+def loyalty(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+            ) -> Iterator[Callable[..., Awaitable[tuple[int, str, str]]]]:
+    """`await loyalty(*argv)`: `loyalty ARGV` on the switch's database and key file, as an
+    operator runs it; (exit status, stdout, stderr). In a thread, as `main` runs its own
+    event loop. The log handler `main` installs is removed afterwards."""
+    monkeypatch.setenv("DATABASE_URL", env.url)
+    monkeypatch.setenv("LOYALTY_KEY_FILE", str(env.key_file))
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+
+    async def run(*argv: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(main, list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield run
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)

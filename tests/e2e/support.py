@@ -201,3 +201,12 @@ async def txn_rows(env: Env) -> list[dict[str, Any]]:
     rows = await env.conn.fetch(
         "SELECT id, stan, kind, state, void_reason, rrn, amount_rial FROM txn ORDER BY id")
     return [dict(r) for r in rows]
+
+
+async def lock_waiters(env: Env) -> int:
+    """How many other sessions on the test's database wait for a lock now (row, advisory):
+    a test holding a lock polls this until the requests it races have caught up."""
+    waiting: int = await env.conn.fetchval(
+        """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+           AND datname = current_database() AND pid <> pg_backend_pid()""")
+    return waiting
