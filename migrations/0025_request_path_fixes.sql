@@ -227,7 +227,8 @@ LANGUAGE sql STABLE AS $$
     GROUP BY account, merchant_id, network_id, n HAVING sum(take) > 0 ORDER BY n
 $$;
 
--- 0012's store-credit purchase, holding what switch_credit_draws takes from each account.
+-- 0012's store-credit purchase, holding what switch_credit_draws takes from each account
+-- (the rest of its body is 0012's, restated: that is how a migration changes a function).
 CREATE OR REPLACE FUNCTION switch_credit_purchase(r switch_request, t switch_terminal,
                                                   c switch_card, p switch_auth)
 RETURNS switch_result LANGUAGE plpgsql AS $$
