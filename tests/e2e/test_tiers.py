@@ -5,38 +5,12 @@ keeps the seeded members bronze. `db check` runs after each test (the fixture)."
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-import pytest
-
 from protocol.fields import AmountType
 from switch import demo
-from switch.cli import main
-from tests.e2e.conftest import Env
 from tests.e2e.support import blocks
 from tests.e2e.test_pricing import NONE, add
 
 SET = ("admin", "tier-policy", "set", "--network", demo.NETWORK_CODE)
-
-
-@pytest.fixture
-def loyalty(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    """`await loyalty(*argv)`: `loyalty ARGV` on the switch's database and key file; exit
-    status and stdout. In a thread, as `main` runs its own event loop. The log handler
-    `main` installs is removed afterwards, so later tests see the root logger as it was."""
-    monkeypatch.setenv("DATABASE_URL", env.url)
-    monkeypatch.setenv("LOYALTY_KEY_FILE", str(env.key_file))
-    root = logging.getLogger()
-    handlers = list(root.handlers)
-
-    async def run(*argv: str) -> tuple[int, str]:
-        code = await asyncio.to_thread(main, list(argv))
-        return code, capsys.readouterr().out
-
-    yield run
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
 
 
 async def test_the_policy_the_command_sets_moves_tiers_on_confirm(env, loyalty):
@@ -44,8 +18,8 @@ async def test_the_policy_the_command_sets_moves_tiers_on_confirm(env, loyalty):
     purchase makes the bronze card silver and 120,000 more gold, after which a gold-only
     rule prices its purchases. Raising the bar takes it down one step per review; once the
     policy is cleared, a review leaves the tier as it is."""
-    code, out = await loyalty(*SET, "--bronze-spend", "0", "--silver-spend", "100000",
-                              "--gold-spend", "250000", "--gold-points", "50")
+    code, out, _ = await loyalty(*SET, "--bronze-spend", "0", "--silver-spend", "100000",
+                                 "--gold-spend", "250000", "--gold-points", "50")
     assert (code, out.splitlines()[0]) == (0, "tier policy of network demo replaced")
     await add(env, id="gold-10", kind="percent_discount", bp=1_000, tiers=["gold"])
     card_id, pan = await env.card_id(7), demo.demo_club_pan(7)
@@ -72,7 +46,7 @@ async def test_the_policy_the_command_sets_moves_tiers_on_confirm(env, loyalty):
         assert await buy(10_000) == 1_000  # priced gold, reviewed after: one step down
         assert await tier() == "silver"
         assert await loyalty("admin", "tier-policy", "clear", "--network", "demo") == \
-            (0, "tier policy of network demo cleared: its tiers stay as they are\n")
+            (0, "tier policy of network demo cleared: its tiers stay as they are\n", "")
         assert await buy(10_000) == 0  # silver now: the gold rule no longer applies
         assert await tier() == "silver"
 
