@@ -17,6 +17,7 @@ from protocol.dukpt import derive_initial_key
 from simulator import profile
 from switch import (
     cli_campaigns,
+    cli_points,
     cli_pricing,
     cli_profile,
     cli_tiers,
@@ -46,11 +47,12 @@ def add_commands(commands: Any) -> None:
                                description="Load the demo data (idempotent).")
     seed.set_defaults(handler=cmd_demo)
     admin = commands.add_parser("admin", help="networks, merchants, terminals, keys, members, "
-                                "cards, campaigns, tier policies",
+                                "cards, campaigns, tier policies, points values",
                                 description="Registry administration.")
     groups = admin.add_subparsers(dest="admin_group", required=True, metavar="OBJECT")
     for add in (_network, _merchant, _bdk, _terminal, _member, _card, _bank_card, _topup,
-                cli_campaigns.add_group, cli_tiers.add_group, cli_pricing.add_quote):
+                cli_campaigns.add_group, cli_tiers.add_group, cli_pricing.add_quote,
+                cli_points.add_value_group):
         add(groups)
 
 
@@ -148,7 +150,8 @@ def _member(groups: Any) -> None:
 
 
 def _card(groups: Any) -> None:
-    sub = _subgroup(groups, "card", "Club cards: issue, block, unblock, renew, list.")
+    sub = _subgroup(groups, "card", "Club cards: issue, block, unblock, renew, list, history, "
+                    "redeem points.")
     p = _command(sub, "issue", cmd_card_issue, "issue a club card; the PAN is shown once")
     p.add_argument("--member", type=int, required=True, dest="member_id")
     p.add_argument("--expiry", required=True, help="YYMM")
@@ -162,6 +165,7 @@ def _card(groups: Any) -> None:
     p = _command(sub, "list", cmd_card_list, "list cards with balances")
     p.add_argument("--member", type=int, dest="member_id")
     cli_pricing.add_card_history(sub)
+    cli_points.add_card_redeem(sub)
 
 
 def _bank_card(groups: Any) -> None:

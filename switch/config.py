@@ -76,6 +76,11 @@ class Settings(BaseModel):
 
     # Campaigns: points granted by a rule (which names no expiry) last this long.
     points_expiry_days: int = Field(default=365, ge=1, le=3_650)
+    # Points are spent as store credit (switch/points.py): the most one point may be worth,
+    # so a mistyped value cannot turn points into a fortune, and the most store credit one
+    # redemption may create (a call-centre slip is bounded; at most field 4's n12).
+    points_value_max_rial: int = Field(default=10_000, ge=1, le=1_000_000)
+    points_redeem_max_rial: int = Field(default=100_000_000, ge=1, le=999_999_999_999)
 
     # Shaparak fee defaults (rials; basis points), used when pricing bank-card purchases.
     shaparak_fee_fixed_rial: int = Field(default=1_200, ge=0)

@@ -251,6 +251,26 @@ CHECKS: tuple[Check, ...] = (
                WHERE t.ref = r.rrn AND t.code = k.code AND e.amount > 0), 0)""",
     ),
     Check(
+        "every points redemption took its points from the card and gave its credit to it",
+        "SELECT count(*) FROM points_redemption",
+        # Net, under the redemption's ref: the card's points debited by `points`, its credit
+        # of the issuer credited with `rial`, and nothing else of the card's moved.
+        """SELECT r.id, p.points, p.rial, p.other FROM points_redemption r
+           LEFT JOIN LATERAL (
+             SELECT coalesce(sum(e.amount) FILTER (WHERE a.key = ledger_account_key(
+                        'card_points', r.card_id, NULL, NULL)), 0) AS points,
+                    coalesce(-sum(e.amount) FILTER (WHERE a.key = ledger_account_key(
+                        'card_credit', r.card_id, r.merchant_id, r.network_id)), 0) AS rial,
+                    count(*) FILTER (WHERE a.card_id IS NOT NULL AND a.key NOT IN (
+                        ledger_account_key('card_points', r.card_id, NULL, NULL),
+                        ledger_account_key('card_credit', r.card_id, r.merchant_id,
+                                           r.network_id))) AS other
+             FROM ledger_transfer t JOIN ledger_entry e ON e.transfer_id = t.id
+             JOIN ledger_account a ON a.id = e.account_id
+             WHERE t.ref = 'redeem:' || r.id AND t.kind = 'single') p ON true
+           WHERE (p.points, p.rial, p.other) <> (r.points, r.rial, 0)""",
+    ),
+    Check(
         "the ledger as a whole balances, per unit",
         "SELECT count(DISTINCT unit) FROM ledger_account",
         """SELECT t.unit FROM ledger_entry e JOIN ledger_transfer t ON t.id = e.transfer_id

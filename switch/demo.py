@@ -9,13 +9,13 @@ their index (`demo_club_pan`) instead of anyone storing them. Seeding twice chan
 from __future__ import annotations
 
 import random
-from datetime import date
+from datetime import UTC, date, datetime
 from importlib import resources
 from pathlib import Path
 
 import asyncpg
 
-from switch import campaign_store, cards, keys, ledger, registry
+from switch import campaign_store, cards, keys, ledger, points, registry
 from switch.campaign_file import load_campaigns
 from switch.campaign_spec import CampaignSpec
 from switch.keys import KeyStore
@@ -40,6 +40,9 @@ MERCHANTS: tuple[tuple[str, str, str, str, FeePlan, bool], ...] = (
 )
 TERMINALS = {"cafe-lale": "CAFE", "hyper-setareh": "HYPR", "barber-sadaf": "BARB"}
 TERMINALS_PER_MERCHANT = 2
+# What a point of the network, and of the hypermarket (whose campaign grants a point per
+# 10,000 rial), is worth in their store credit: 1 % back.
+POINTS_VALUE_RIAL = 100
 
 # Tiers at the demo's prices (a coffee at the café ~100,000 rial, a haircut ~400,000, a
 # week's groceries at the hypermarket ~2,000,000). Bronze from 0: cards are issued bronze
@@ -94,6 +97,10 @@ async def seed(conn: asyncpg.Connection, store: KeyStore, key_file: Path) -> str
     for index in range(MEMBERS):
         await _seed_member(conn, store, rng, index, network_id, merchant_ids)
     campaigns = await seed_campaigns(conn)
+    for issuer in (points.Issuer("network", NETWORK_CODE),
+                   points.Issuer("merchant", "hyper-setareh")):
+        await points.set_value(conn, issuer, POINTS_VALUE_RIAL, POINTS_VALUE_RIAL,
+                               datetime.now(UTC))
     return (f"demo data: network {NETWORK_CODE!r}, {len(MERCHANTS)} merchants, "
             f"{len(MERCHANTS) * TERMINALS_PER_MERCHANT} terminals, {MEMBERS} members with cards, "
             f"{campaigns} campaigns, a tier policy")

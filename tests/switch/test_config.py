@@ -48,8 +48,13 @@ SWEEP_BOUNDS = [("hold_sweep_batch_max", 100_000), ("lot_expiry_batch_max", 100_
                 ("tier_review_batch_max", 100_000), ("tier_review_interval_days", 365)]
 
 
-@pytest.mark.parametrize(("name", "top"), SWEEP_BOUNDS)
-def test_sweep_bounds_are_accepted_at_their_ends_and_refused_past_them(name, top):
+# Points spent as store credit (switch/points.py): (setting, its largest value), smallest 1.
+POINTS_BOUNDS = [("points_value_max_rial", 1_000_000),
+                 ("points_redeem_max_rial", 999_999_999_999)]
+
+
+@pytest.mark.parametrize(("name", "top"), SWEEP_BOUNDS + POINTS_BOUNDS)
+def test_bounds_are_accepted_at_their_ends_and_refused_past_them(name, top):
     env = "LOYALTY_" + name.upper()
     for value in (1, top):
         assert getattr(load_settings(environ={env: str(value)}), name) == value
