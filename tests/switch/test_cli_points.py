@@ -37,7 +37,7 @@ def _refused(cli, *argv: str) -> str:
         code, out, err = exc.code, "", "argparse"
     assert (code, out) == (2, "")
     assert len(err.strip().splitlines()) == 1
-    return err
+    return str(err)
 
 
 @pytest.fixture
