@@ -28,12 +28,13 @@
 --      lots earliest expiring first. The credit opens one lot per distinct expiry among the
 --      points it drew, expiring with them: a redemption neither extends a deadline nor cuts
 --      one short; points that never expire give credit that never expires.
---   The lot trigger (0013, and 0021 which records each draw) takes a debit from all the
---   account's open lots, earliest expiring first, whoever issued them. A redemption must take
---   only its issuer's redeemable lots: under the lock, the other open lots are set aside
---   (remaining 0) for its one debit and put back right after, in the same transaction, so no
---   other transaction ever sees them aside. Doing it here rather than in the trigger leaves
---   the trigger, which every debit runs, as it is.
+--   The lot trigger (0013; 0021 records each draw in ledger_lot_draw, which step 4 reads)
+--   takes a debit from all the account's open lots, earliest expiring first, whoever issued
+--   them. A redemption must take only its issuer's redeemable lots: under the lock, the
+--   other open lots are set aside (remaining 0, no draw recorded) for its one debit and put
+--   back right after, in the same transaction, so no other transaction ever sees them aside
+--   and every lot's draws still account for what it lost. Doing it here rather than in the
+--   trigger leaves the trigger, which every debit runs, as it is.
 
 CREATE TABLE points_value (
     id             bigserial PRIMARY KEY,
@@ -102,28 +103,22 @@ DECLARE
     v_ref      text := 'redeem:' || r.id;
     v_aside    bigint[];
     v_kept     bigint[];
-    v_ours     bigint[];
-    v_had      bigint[];
-    v_expiry   timestamptz[];
+    v_debit    bigint;
     v_transfer bigint;
     g          record;
 BEGIN
-    SELECT coalesce(array_agg(id) FILTER (WHERE NOT ours), '{}'),
-           coalesce(array_agg(remaining) FILTER (WHERE NOT ours), '{}'),
-           coalesce(array_agg(id) FILTER (WHERE ours), '{}'),
-           coalesce(array_agg(remaining) FILTER (WHERE ours), '{}'),
-           coalesce(array_agg(expires_at) FILTER (WHERE ours), '{}')
-    INTO v_aside, v_kept, v_ours, v_had, v_expiry
-    FROM switch_points_lots(p_card_points, p_network, p_points_issued, r.created_at);
+    SELECT coalesce(array_agg(id), '{}'), coalesce(array_agg(remaining), '{}')
+    INTO v_aside, v_kept
+    FROM switch_points_lots(p_card_points, p_network, p_points_issued, r.created_at)
+    WHERE NOT ours;
     PERFORM switch_lots_set(v_aside, array_fill(0::bigint, ARRAY[cardinality(v_aside)]));
-    PERFORM switch_transfer('PTS', 'points_redeem', v_ref, p_card_points, p_points_issued,
-                            r.points);
+    v_debit := switch_transfer('PTS', 'points_redeem', v_ref, p_card_points, p_points_issued,
+                               r.points);
     PERFORM switch_lots_set(v_aside, v_kept);
-    FOR g IN  -- what the debit drew, per expiry
-        SELECT u.expires_at, sum(u.had - l.remaining)::bigint AS drawn
-        FROM unnest(v_ours, v_had, v_expiry) AS u (id, had, expires_at)
-        JOIN ledger_lot l ON l.id = u.id
-        GROUP BY u.expires_at HAVING sum(u.had - l.remaining) > 0 ORDER BY 1 NULLS LAST
+    FOR g IN  -- what the debit drew (0021 records it), per expiry
+        SELECT l.expires_at, sum(w.amount)::bigint AS drawn
+        FROM ledger_lot_draw w JOIN ledger_lot l ON l.id = w.lot_id
+        WHERE w.transfer_id = v_debit GROUP BY l.expires_at ORDER BY 1 NULLS LAST
     LOOP
         v_transfer := switch_transfer('IRR', 'points_redeem', v_ref, p_credit_issued,
                                       p_card_credit, g.drawn * r.rial_per_point);

@@ -243,3 +243,23 @@ async def test_a_purchase_racing_a_redemption_spends_only_credit_that_exists(env
         await other.close()
     assert (await balance(env, credit)).ledger == (0 if commit else had)
     assert (await balance(env, card_points(card_id))).ledger == (0 if commit else pts)
+
+
+async def test_redeemed_credit_spent_and_refunded_returns_to_its_lot_with_its_expiry(env):
+    """Redemption and 0021's lot draws together: a refund of a purchase paid with redeemed
+    credit gives it back to the lot it came from, which keeps the points' expiry."""
+    card_id, pan = await env.card_id(CARD), demo.demo_club_pan(CARD)
+    t = env.clock()
+    await grant(env, card_id, 100, t + timedelta(days=10))
+    await redeem(env, card_id, 100)
+    credit = ledger.card_credit(card_id, network_id=await network_id(env))
+    async with await env.client("CAFE0001") as cafe:
+        spent, p1 = await cafe.purchase(6_000, pan, demo.CARD_EXPIRY,
+                                        processing_code=ProcessingCode.PURCHASE_STORE_CREDIT)
+        await cafe.confirm(p1, spent.message.rrn)
+        assert await lots(env, credit) == [(10_000, 4_000, t + timedelta(days=10))]
+        back, p2 = await cafe.refund(spent.message.rrn, 6_000, pan, demo.CARD_EXPIRY,
+                                     processing_code=ProcessingCode.REFUND_STORE_CREDIT)
+        assert back.code is ResponseCode.APPROVED, back
+        await cafe.confirm(p2, back.message.rrn)
+    assert await lots(env, credit) == [(10_000, 10_000, t + timedelta(days=10))]
