@@ -2,31 +2,20 @@
 against a fresh database: what they print, their settings at their bounds, and refusals
 that exit 2 and store nothing."""
 
-import asyncio
 import re
 
-import asyncpg
 import pytest
 
 from tests.switch.test_cli import _find, _setup_merchant
+from tests.switch.test_cli_campaigns import _query
 
 # Every row a points command may write.
 TABLES = ("points_value", "points_redemption", "ledger_account", "ledger_transfer",
           "ledger_entry", "ledger_lot")
 
 
-def _run(db_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
-    async def run() -> list[asyncpg.Record]:
-        conn = await asyncpg.connect(db_url)
-        try:
-            return await conn.fetch(sql, *args)
-        finally:
-            await conn.close()
-    return asyncio.run(run())
-
-
 def _state(db_url: str) -> list[object]:
-    return [_run(db_url, f"SELECT * FROM {t} ORDER BY id") for t in TABLES]
+    return [_query(db_url, f"SELECT * FROM {t} ORDER BY id") for t in TABLES]
 
 
 def _refused(cli, *argv: str) -> str:
@@ -48,7 +37,7 @@ def card(cli, db_url) -> tuple[int, str]:
         "--mobile", "09121234567")
     code, out, _ = cli("admin", "card", "issue", "--member", "1", "--expiry", "3012")
     assert code == 0
-    _run(db_url, """SELECT switch_transfer('PTS', 'points', 'grant',
+    _query(db_url, """SELECT switch_transfer('PTS', 'points', 'grant',
                         ledger_account_ensure('points_issued', NULL, NULL, 1),
                         ledger_account_ensure('card_points', 1, NULL, NULL), 100)""")
     return 1, _find(r"PAN: (\d+)", out)
