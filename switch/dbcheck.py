@@ -184,6 +184,38 @@ CHECKS: tuple[Check, ...] = (
            GROUP BY transfer_id, account_id HAVING sum(amount) <> 0""",
     ),
     Check(
+        "no issuer gets back more store credit than a purchase drew from it, and a refunded "
+        "whole gives each all of it",
+        """SELECT count(DISTINCT r.original_txn_id) FROM txn r
+           JOIN txn o ON o.id = r.original_txn_id AND o.kind = 'credit_purchase'
+           WHERE r.kind = 'refund'""",
+        # Per purchase and credit account: what its posted holds took, and what the posted
+        # holds of its standing refunds gave back (migrations/0028_refund_issuer_split.sql).
+        """WITH moved AS (
+             SELECT o.id, e.account_id, e.amount AS drawn, 0 AS back FROM txn o
+             JOIN ledger_transfer t ON t.ref = o.rrn AND t.kind = 'post'
+                                   AND t.code = 'credit_purchase'
+             JOIN ledger_entry e ON e.transfer_id = t.id AND e.amount > 0
+             WHERE o.kind = 'credit_purchase' AND o.state = 'CONFIRMED'
+             UNION ALL
+             SELECT o.id, e.account_id, 0, -e.amount FROM txn r
+             JOIN txn o ON o.id = r.original_txn_id AND o.kind = 'credit_purchase'
+             JOIN ledger_transfer t ON t.ref = r.rrn AND t.kind = 'post' AND t.code = 'refund'
+             JOIN ledger_entry e ON e.transfer_id = t.id AND e.amount < 0
+             WHERE r.kind = 'refund' AND r.state = 'CONFIRMED'),
+           issuer AS (
+             SELECT id, account_id, sum(drawn)::bigint AS drawn, sum(back)::bigint AS back
+             FROM moved
+             GROUP BY id, account_id),
+           refunded AS (
+             SELECT original_txn_id AS id, sum(amount_rial) AS amount FROM txn
+             WHERE kind = 'refund' AND state = 'CONFIRMED' GROUP BY original_txn_id)
+           SELECT o.rrn, i.account_id, i.drawn, i.back FROM issuer i
+           JOIN txn o ON o.id = i.id LEFT JOIN refunded f ON f.id = i.id
+           WHERE i.back > i.drawn
+              OR (f.amount = (o.quote->>'payable')::bigint AND i.back <> i.drawn)""",
+    ),
+    Check(
         "no purchase's fee is given back beyond it, and a refunded whole gives it all back",
         "SELECT count(DISTINCT original_txn_id) FROM txn WHERE kind = 'refund'",
         # What each standing refund gave back is what it posted (code refund_fee).

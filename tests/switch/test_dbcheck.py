@@ -39,6 +39,8 @@ LOT_UNDO_WITHIN = \
 LOT_ENTRIES_MATCH = "every store-credit and points entry moved its account's lots by its amount"
 REFUND_FEES_MATCH = \
     "no purchase's fee is given back beyond it, and a refunded whole gives it all back"
+REFUND_ISSUERS_MATCH = ("no issuer gets back more store credit than a purchase drew from it, "
+                        "and a refunded whole gives each all of it")
 LOT_DRAW_CHECKS = frozenset({LOT_DRAWS_MATCH, LOT_UNDO_WITHIN, LOT_ENTRIES_MATCH})
 PRICING_CHECKS = frozenset({LOTS_MATCH, BUDGET_MATCHES, DAILY_MATCHES, GRANTS_MATCH})
 CLAWBACK_CHECKS = frozenset({CLAWBACK_WITHIN_GRANT, CLAWBACK_POSTED})
@@ -115,10 +117,11 @@ async def test_check_passes_on_a_ledger_with_activity(conn):
     # the clawback checks rows only refunds of priced purchases (tests/e2e/test_clawback.py),
     # the lot and refund fee checks rows only store credit and refunds write
     # (tests/e2e/test_lot_restore.py), the redemption check redemptions
-    # (tests/e2e/test_points_redeem.py).
+    # (tests/e2e/test_points_redeem.py), the refund issuer check refunds of store-credit
+    # purchases (tests/e2e/test_refund_issuers.py).
     assert all(o.examined > 0 for o in outcomes if o.check.name not in
                PRICING_CHECKS | CLAWBACK_CHECKS | LOT_DRAW_CHECKS
-               | {REFUND_FEES_MATCH, REDEMPTIONS_POSTED}), \
+               | {REFUND_FEES_MATCH, REDEMPTIONS_POSTED, REFUND_ISSUERS_MATCH}), \
         dbcheck.report(outcomes)
     assert dbcheck.report(outcomes).endswith(
         f"{len(dbcheck.CHECKS)} invariants hold, 0 violated")
