@@ -57,7 +57,8 @@ LANGUAGE sql STABLE AS $$
     WHERE amount > 0 ORDER BY n
 $$;
 
--- 0007's refund; a store-credit purchase's part per issuer is switch_refund_credit_parts'.
+-- 0007's refund, a store-credit purchase's part per issuer from switch_refund_credit_parts
+-- (the rest of the body is 0007's, restated: that is how a migration changes a function).
 CREATE OR REPLACE FUNCTION switch_refund(r switch_request, t switch_terminal, c switch_card,
                                          p switch_auth) RETURNS switch_result
 LANGUAGE plpgsql AS $$
