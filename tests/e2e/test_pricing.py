@@ -20,7 +20,14 @@ from switch.campaign_file import parse_campaigns
 from switch.campaign_pricing import TEHRAN
 from switch.campaign_store import store_campaigns
 from tests.e2e.conftest import Env
-from tests.e2e.support import balance, blocks, merchant_id, net_balances, network_id
+from tests.e2e.support import (
+    balance,
+    blocks,
+    lock_waiters,
+    merchant_id,
+    net_balances,
+    network_id,
+)
 from tests.switch.test_dbcheck import (
     BUDGET_MATCHES,
     DAILY_MATCHES,
@@ -178,6 +185,38 @@ async def test_budget_runs_out_mid_stream_exactly(env):
     assert await budget_used(env, "net-10k") == 45_000
     for client in clients:
         await client.close()
+
+
+async def test_a_budget_taken_while_a_purchase_waits_for_its_row_prices_it_again(env):
+    """The campaign row is locked last (migration 0027): the purchase passes the early
+    check on 15,000 left, writes its hold and transaction, then waits for the row, which a
+    stand-in for another purchase holds while it takes 10,000. Once that commits, the
+    purchase's 10,000 no longer fits: its first attempt is undone, and it is priced again
+    on the 5,000 left."""
+    await add(env, id="net-10k", kind="fixed_discount", amount_rial=10_000, budget_rial=15_000,
+              funder="network")
+    before = await env.count("txn")
+    async with await env.client("CAFE0001") as client:
+        async with env.conn.transaction():
+            await env.conn.execute(
+                "UPDATE campaign SET budget_used_rial = 10_000 WHERE id = 'net-10k'")
+            purchase = asyncio.create_task(
+                client.purchase(60_000, demo.demo_club_pan(4), demo.CARD_EXPIRY))
+            while await lock_waiters(env) < 1:  # written, and waiting for the row
+                assert not purchase.done(), purchase.result()
+            assert await env.conn.fetchval(
+                """SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                   WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
+                     AND l.relation = 'txn'::regclass AND l.mode = 'RowExclusiveLock'
+                """) == 1, "the waiting purchase has written its transaction row"
+        response, _ = await purchase
+    assert response.code is ResponseCode.APPROVED
+    assert blocks(response)[(NONE, AmountType.DISCOUNT.value)] == 5_000
+    assert await budget_used(env, "net-10k") == 15_000
+    assert await env.count("txn") == before + 1, "nothing of the first attempt remains"
+    # The stand-in reserved nothing: give its 10,000 back, so that db check's budgets match.
+    await env.conn.execute(
+        "UPDATE campaign SET budget_used_rial = budget_used_rial - 10_000 WHERE id = 'net-10k'")
 
 
 async def test_reversal_and_expiry_release_every_reservation(env):
