@@ -59,6 +59,14 @@ def _non_negative(text: str) -> float:
     return 0.0 if text.strip() in ("0", "0.0") else _positive(text)
 
 
+def _connect_timeout(text: str) -> float:
+    value = _positive(text)
+    if value > load_mode.CONNECT_TIMEOUT_S_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must be at most {load_mode.CONNECT_TIMEOUT_S_MAX:g}")
+    return value
+
+
 def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
@@ -197,6 +205,11 @@ def _load(commands: Any) -> None:
     p.add_argument("--profiles", type=Path, default=Path("profiles"), metavar="DIR")
     p.add_argument("--switch", type=_switch, metavar="HOST:PORT")
     p.add_argument("--timeout-s", type=_positive, default=10.0)
+    p.add_argument("--connect-timeout-s", type=_connect_timeout,
+                   default=load_mode.CONNECT_TIMEOUT_S, metavar="S",
+                   help="wait for each terminal's connection before counting it failed "
+                        f"(default {load_mode.CONNECT_TIMEOUT_S:g}, at most "
+                        f"{load_mode.CONNECT_TIMEOUT_S_MAX:g})")
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -345,7 +358,8 @@ async def cmd_load(args: argparse.Namespace, io: Io) -> int:
     host, port = args.switch or (keepers[0].profile.host, keepers[0].profile.port)
     config = load_mode.LoadConfig(seconds=args.seconds, rate_per_s=args.rate, mix=args.mix,
                                   in_flight_per_terminal_max=args.in_flight_max,
-                                  timeout_s=args.timeout_s)
+                                  timeout_s=args.timeout_s,
+                                  connect_timeout_s=args.connect_timeout_s)
     try:
         report = await load_mode.run_load([k.terminal for k in keepers], host, port, config,
                                           progress=progress_printer(io.err))

@@ -10,14 +10,15 @@ its terminal already at `in_flight_per_terminal_max` is counted as skipped rathe
 queued, so a slow switch shows as skips instead of a silently lower rate.
 
 Every started transaction ends in exactly one outcome (completed, declined, confirm failed,
-error), so the report's counts always add up. A terminal that cannot connect starts no
-transaction: it is counted in `connect_failed`, apart from the transactions. Latencies are
-per phase (0100→0110 and 0220→0230) over the exchanges that got an answer; the transaction
-rate is completed transactions over the elapsed time. The transaction kinds follow `Mix`,
-cards come from a `CardSource`. Timing uses the event loop's monotonic clock; nothing here
-is asserted on time. Progress ticks fall at fixed offsets from the start, only before the
-end of the run; the final figures are reported once, after the last transaction has ended
-(a tick at the end would repeat them).
+error), so the report's counts always add up. A terminal that cannot connect (refused, or
+no answer within `connect_timeout_s`) starts no transaction: it is counted in
+`connect_failed`, apart from the transactions. Latencies are per phase (0100→0110 and
+0220→0230) over the exchanges that got an answer; the transaction rate is completed
+transactions over the elapsed time. The transaction kinds follow `Mix`, cards come from a
+`CardSource`. Timing uses the event loop's monotonic clock; nothing here is asserted on
+time. Progress ticks fall at fixed offsets from the start, only before the end of the run;
+the final figures are reported once, after the last transaction has ended (a tick at the
+end would repeat them).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from switch import demo
 
 OUTCOMES: Final = ("completed", "declined", "confirm_failed", "error")
 PERCENTILES: Final = (50, 95, 99)
+# How long a terminal waits for its connection before counting it failed: a host that never
+# answers would otherwise hold the terminal for the OS's TCP timeout (minutes).
+CONNECT_TIMEOUT_S: Final = 5.0
+CONNECT_TIMEOUT_S_MAX: Final = 60.0
 
 
 class CardSource(Protocol):
@@ -104,6 +109,12 @@ class LoadConfig:
     timeout_s: float = 10.0
     progress_interval_s: float = 1.0
     item_categories: tuple[str, ...] = ()  # basket categories (field 48 IT) on every 0100
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not 0 < self.connect_timeout_s <= CONNECT_TIMEOUT_S_MAX:
+            raise ValueError(f"connect_timeout_s must be above 0 and at most "
+                             f"{CONNECT_TIMEOUT_S_MAX:g} s")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -240,8 +251,9 @@ class LoadRun:
     async def _terminal(self, index: int, terminal: Terminal, deadline: float) -> None:
         client = TerminalClient(terminal, timeout_s=self.config.timeout_s)
         try:
-            await client.connect(self.host, self.port)
-        except OSError:
+            await asyncio.wait_for(client.connect(self.host, self.port),
+                                   self.config.connect_timeout_s)
+        except OSError:  # refused, unreachable, or timed out (TimeoutError is an OSError)
             self.report.connect_failed += 1  # no transaction started: not an outcome
             return
         async with client:
