@@ -1,8 +1,10 @@
 """`sim`: a simulated POS terminal on the command line (see docs/simulator.md).
 
-Exit status: 0 the switch answered (whatever its response code) or the scenario passed;
-1 no answer, a response the terminal must reject, or a scenario step that did not match;
-2 a bad argument, profile or scenario file (nothing was sent).
+Exit status: 0 the switch answered (whatever its response code), the scenario passed, or
+the load run completed at least one transaction; 1 no answer, a response the terminal must
+reject, a scenario step that did not match, or a load run that completed no transaction
+(every terminal failed to connect, or nothing completed); 2 a bad argument, profile or
+scenario file (nothing was sent).
 """
 
 from __future__ import annotations
@@ -369,7 +371,18 @@ async def cmd_load(args: argparse.Namespace, io: Io) -> int:
     if io.err.isatty():
         print(file=io.err)
     io.say(json.dumps(report.to_json(), indent=2) if args.json else report.text())
-    return 0
+    return _load_status(report, io)
+
+
+def _load_status(report: load_mode.LoadReport, io: Io) -> int:
+    """1 when the run completed no transaction (every connection failed, or nothing the
+    switch answered completed), so a script or CI job sees a load that did not happen."""
+    if report.outcomes["completed"]:
+        return 0
+    why = ("no terminal could connect" if report.connect_failed == report.terminals
+           else f"{report.started} started, none completed")
+    print(f"sim: load: no transaction completed ({why})", file=io.err)
+    return 1
 
 
 def progress_printer(stream: TextIO) -> Callable[[load_mode.LoadReport, float], None]:
