@@ -66,18 +66,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"loyalty: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
     handler: Handler = args.handler
-    try:
-        return uvloop.run(handler(Context(settings), args))
-    except (CommandError, RegistryError, KeyFileError) as exc:
-        print(f"loyalty: {exc}", file=sys.stderr)
-        return 2
-    except (DatabaseUnavailableError, MigrationError) as exc:
-        print(f"loyalty: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    # Undone on return, so `main` called in-process (tests) leaves no handler behind.
+    with logs.configured(settings.log_level):
+        try:
+            return uvloop.run(handler(Context(settings), args))
+        except (CommandError, RegistryError, KeyFileError) as exc:
+            print(f"loyalty: {exc}", file=sys.stderr)
+            return 2
+        except (DatabaseUnavailableError, MigrationError) as exc:
+            print(f"loyalty: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
 
 
 if __name__ == "__main__":

@@ -24,16 +24,20 @@ never logged; the mask cannot recognise those, so it is no excuse to pass them.
 
 The handler looks up `sys.stderr` at every write, so a test that swaps stderr (pytest's
 capture) does not leave it writing to a closed stream. `configure` replaces only a handler
-it installed itself, so calling it twice (tests calling the CLI in-process) keeps other
-handlers, such as pytest's, in place.
+it installed itself, so calling it twice keeps other handlers, such as pytest's, in place.
+The CLI uses `configured`, which undoes its `configure` when the command ends: `main`
+called in-process (as tests do) leaves the root logger's handlers and level as it found
+them, so what one test runs cannot change what a later one sees.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -182,3 +186,23 @@ def configure(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     _installed = handler
+
+
+@contextlib.contextmanager
+def configured(level: str) -> Iterator[None]:
+    """`configure(level)` for the length of the block; afterwards the root logger has the
+    handlers and level it had before (an earlier `configure`'s handler back in place)."""
+    global _installed
+    root = logging.getLogger()
+    level_before, previous = root.level, _installed
+    attached = previous is not None and previous in root.handlers
+    configure(level)
+    try:
+        yield
+    finally:
+        if _installed is not None:
+            root.removeHandler(_installed)
+        if attached and previous is not None:
+            root.addHandler(previous)  # the one this block's configure replaced
+        _installed = previous
+        root.setLevel(level_before)

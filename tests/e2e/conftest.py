@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,20 +153,16 @@ def pan() -> Callable[[int], str]:
 
 @pytest.fixture
 def loyalty(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-            ) -> Iterator[Callable[..., Awaitable[tuple[int, str, str]]]]:
+            ) -> Callable[..., Awaitable[tuple[int, str, str]]]:
     """`await loyalty(*argv)`: `loyalty ARGV` on the switch's database and key file, as an
     operator runs it; (exit status, stdout, stderr). In a thread, as `main` runs its own
-    event loop. The log handler `main` installs is removed afterwards."""
+    event loop."""
     monkeypatch.setenv("DATABASE_URL", env.url)
     monkeypatch.setenv("LOYALTY_KEY_FILE", str(env.key_file))
-    root = logging.getLogger()
-    handlers = list(root.handlers)
 
     async def run(*argv: str) -> tuple[int, str, str]:
         code = await asyncio.to_thread(main, list(argv))
         out = capsys.readouterr()
         return code, out.out, out.err
 
-    yield run
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
+    return run

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from switch import logs
+from switch import cli, logs
 from switch.cards import luhn_check_digit, luhn_is_valid, new_club_pan
 from switch.config import ConfigError, load_settings
 from tests import logscan
@@ -202,6 +202,30 @@ def test_configure_sets_the_level_and_replaces_only_its_own_handler(
     logging.getLogger("switch.x").info("shown", extra={"count": 3})
     lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
     assert [(d["event"], d["count"]) for d in lines] == [("shown", 3)]
+
+
+def test_the_cli_leaves_the_root_logger_as_it_found_it(
+        root_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`main` in process (as tests run it) takes its log handler and level away on return,
+    so a test that runs it cannot change what a later test's root logger holds."""
+    handlers, level = list(root_logger.handlers), root_logger.level
+    monkeypatch.setenv("DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("LOYALTY_LOG_LEVEL", "warning")  # not the suite's debug
+    for _ in range(2):
+        assert cli.main(["db", "url"]) == 0
+    assert "postgresql://nobody@127.0.0.1:1/none" in capsys.readouterr().out
+    assert (root_logger.handlers, root_logger.level) == (handlers, level)
+
+
+def test_configured_puts_back_the_handler_it_replaced(root_logger: logging.Logger) -> None:
+    logs.configure("info")
+    outer = [h for h in root_logger.handlers if isinstance(h, logs._StderrHandler)]
+    with logs.configured("error"):
+        assert root_logger.level == logging.ERROR
+        assert not any(h in root_logger.handlers for h in outer), "replaced, not stacked"
+    assert root_logger.level == logging.INFO
+    assert [h for h in root_logger.handlers if isinstance(h, logs._StderrHandler)] == outer
 
 
 def test_log_level_setting() -> None:
