@@ -10,7 +10,8 @@ Theory of operation. `handle` takes one frame body and returns one response body
    per-terminal lock that keeps a terminal's requests in arrival order within this process:
    a. the device is locked, and refused if unknown, inactive or its BDK retired (63);
    b. the identity (terminal, STAN, field 7) is looked up: a retransmission gets the
-      stored outcome; a different request under a used identity gets 94;
+      stored outcome; a different request under a used identity gets 94 (field 7's instant
+      and the request's digest come from `request_identity`, computed before the call);
    c. field 7 within `clock_skew_max_s` of our clock (97), KSN counter above the last
       accepted (63, replay), field 62 decrypts (63), its TID is the terminal's (63);
    d. the business step; an expected decline is decided before anything is written;
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -43,7 +43,7 @@ from protocol.fields import FieldValueError, Mti, ResponseCode
 from protocol.layout import FIELD_CODECS
 from protocol.mac import compute_mac, verify_mac
 from protocol.spec import decode_fields
-from switch import campaign_pricing, cardcheck, metrics, phase1, phase2, store
+from switch import campaign_pricing, cardcheck, metrics, phase1, phase2, request_identity, store
 from switch.campaign_cache import RuleCache
 from switch.config import Settings
 from switch.context import shaparak_rule
@@ -71,35 +71,6 @@ _RESPONSE_FOR: dict[Mti, _ResponseClass] = {
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def resolve_f7(mmddhhmmss: str, now: datetime) -> datetime:
-    """Field 7 has no year: take the instant nearest to `now` (the year before, this year or
-    the next), so a request sent just before New Year's midnight resolves right."""
-    # Decoding has checked the digits make a possible MMDDhhmmss (strptime costs 7 us).
-    month, day, hour, minute, second = (int(mmddhhmmss[i:i + 2]) for i in range(0, 10, 2))
-    candidates = []
-    for year in (now.year - 1, now.year, now.year + 1):
-        with contextlib.suppress(ValueError):  # 29 February in a common year
-            candidates.append(datetime(year, month, day, hour, minute, second, tzinfo=UTC))
-    if not candidates:
-        raise DecodeError("transmission time is not a real date", field=7)
-    return min(candidates, key=lambda c: abs(c - now))
-
-
-def request_digest(request: m.Request, card: CardData | None, pan_hash: bytes) -> bytes:
-    """What makes two requests under one identity the same request: every field but the
-    KSN, the MAC and the ciphertext (which change when a terminal re-sends with a new key),
-    plus the card inside the ciphertext, by its keyed hash."""
-    content = [(name, getattr(request, name)) for name in _DIGESTED_FIELDS[type(request)]]
-    card_part = b"" if card is None else card.tid.encode() + pan_hash + card.expiry.encode()
-    return hashlib.sha256(repr((request.MTI.value, content)).encode() + card_part).digest()
-
-
-_DIGESTED_FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)
-                                if f.name not in ("ksn", "mac", "card_data"))
-                    for cls in (m.NetworkRequest, m.AuthRequest, m.ConfirmAdvice,
-                                m.ReversalAdvice)}
 
 
 _ECHO_FIELDS = (3, 4, 7, 11, 37, 53, 70)
@@ -167,15 +138,6 @@ def _reply(response: m.Response, keys: WorkingKeys | None) -> _Reply:
 
 def _refusal(request: m.Request, code: ResponseCode, keys: WorkingKeys | None) -> _Reply:
     return _reply(m.response_to(request, code), keys)
-
-
-def _resolved(mmddhhmmss: str, now: datetime) -> datetime | None:
-    """`resolve_f7`, or None for a date that does not exist near `now` (the database call
-    answers that 30 at its place in the check order)."""
-    try:
-        return resolve_f7(mmddhhmmss, now)
-    except DecodeError:
-        return None
 
 
 # Refusals by the database call that are not security violations (63).
@@ -305,7 +267,7 @@ class Processor:
             return await self._bad_mac(request, ksn, keys)
         card, card_error = self._decrypt(request, keys)
         pan_hash = self._pan_hash(card.pan) if card and card.pan else b""
-        digest = request_digest(request, card, pan_hash)
+        digest = request_identity.digest(request, card, pan_hash)
         timeout = self._settings.db_connect_timeout_s
         # One device per initial key ID: its requests queue here, in arrival order, before
         # they take a pool connection, so a burst from one terminal cannot drain the pool.
@@ -343,7 +305,7 @@ class Processor:
     def _call(self, request: m.Request, ksn: Ksn, card: CardData | None,
               card_error: SecurityError | None, pan_hash: bytes, digest: bytes) -> _Call:
         now = self._clock()
-        transmitted_at = _resolved(request.transmission_time, now)
+        transmitted_at = request_identity.resolved(request.transmission_time, now)
         args = store.RequestArgs(
             bdk_id=ksn.bdk_id.hex().upper(), derivation_id=ksn.derivation_id.hex().upper(),
             mti=request.MTI.value, stan=request.stan,
@@ -357,7 +319,7 @@ class Processor:
                                     self._fee_plans.get(ksn.initial_key_id))
         elif isinstance(request, (m.ConfirmAdvice, m.ReversalAdvice)):
             advice = phase2.advice_args(
-                request, _resolved(request.original.transmission_time, now))
+                request, request_identity.resolved(request.original.transmission_time, now))
         return _Call(args, cardcheck.card_args(card, card_error, pan_hash), auth, advice)
 
     async def _call_with_retries(self, conn: asyncpg.Connection, request: m.Request,
