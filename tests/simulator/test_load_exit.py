@@ -13,6 +13,7 @@ import pytest
 
 from simulator import cli
 from simulator import profile as profiles
+from tests.simulator.test_load_run import closed_port
 
 TIDS = ("CAFE0001", "CAFE0002")
 
@@ -22,13 +23,6 @@ def _profiles(folder: Path, port: int) -> Path:
         profiles.save(folder / f"{tid}.json",
                       profiles.Profile(tid, bytes(8), bytes(16), "127.0.0.1", port))
     return folder
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture
@@ -43,7 +37,7 @@ def mute_port() -> Iterator[int]:
 
 def test_load_exits_1_when_no_terminal_can_connect(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = _profiles(tmp_path, _closed_port())
+    folder = _profiles(tmp_path, closed_port())
     code = cli.main(["load", "--terminals", "2", "--seconds", "0.2", "--json",
                      "--profiles", str(folder)])
     out, err = capsys.readouterr()
@@ -66,6 +60,6 @@ def test_load_exits_1_when_nothing_completes(
 
 def test_load_exits_2_on_a_bad_argument_before_connecting(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = _profiles(tmp_path, _closed_port())
+    folder = _profiles(tmp_path, closed_port())
     code = cli.main(["load", "--terminals", "3", "--seconds", "1", "--profiles", str(folder)])
     assert code == 2 and "--terminals 3" in capsys.readouterr().err

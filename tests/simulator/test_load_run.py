@@ -21,7 +21,7 @@ def _terminal(tid: str) -> Terminal:
                                  clock=lambda: datetime(2026, 11, 24, tzinfo=UTC))
 
 
-def _closed_port() -> int:
+def closed_port() -> int:
     """A port nothing listens on: bound, then released."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -60,7 +60,7 @@ async def silent_port() -> AsyncIterator[int]:
 async def test_a_terminal_that_cannot_connect_starts_no_transaction() -> None:
     config = LoadConfig(seconds=0.2, mix=parse_mix("club=1"), timeout_s=0.5)
     report = await run_load([_terminal("CAFE0001"), _terminal("CAFE0002")], "127.0.0.1",
-                            _closed_port(), config)
+                            closed_port(), config)
     assert report.connect_failed == 2
     assert report.started == 0 and report.outcomes["error"] == 0
     data = report.to_json()
