@@ -9,7 +9,7 @@ as the merchant sees it (credits to the payable, what the network owes, are posi
 | sales | club_purchase | + |
 | refunds | refund | - |
 | fees | *_fee (a refund's fee comes back: +) | - |
-| discounts | discount (funded by the network or a sponsor) | + |
+| discounts | discount (funded by the network or a sponsor); a refund's discount_clawback | +/- |
 | topups | topup (cash the merchant collected for the network) | - |
 | credit_netting | credit_netting (store credit accepted less credit owed) | +/- |
 | other | anything else, so that new postings are never lost | +/- |
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 COMPONENTS = ("sales", "refunds", "fees", "discounts", "topups", "credit_netting", "other")
 _BY_CODE = {"club_purchase": "sales", "refund": "refunds", "discount": "discounts",
-            "topup": "topups", "credit_netting": "credit_netting"}
+            "discount_clawback": "discounts", "topup": "topups",
+            "credit_netting": "credit_netting"}
 
 
 def component(code: str) -> str:

@@ -18,6 +18,17 @@ class Check:
     violations_sql: str
 
 
+# Confirmed purchases with a discount funded by the network or a sponsor whose payable
+# (above zero) the confirmed refunds gave back whole.
+_FULLY_REFUNDED = """
+    SELECT o.id, o.rrn FROM txn o
+    WHERE o.state = 'CONFIRMED' AND o.kind <> 'refund' AND (o.quote->>'payable')::bigint > 0
+      AND EXISTS (SELECT 1 FROM txn_grant g WHERE g.txn_id = o.id AND g.effect = 'discount'
+                  AND g.funder_kind <> 'merchant')
+      AND (o.quote->>'payable')::bigint = (
+          SELECT sum(r.amount_rial) FROM txn r
+          WHERE r.original_txn_id = o.id AND r.kind = 'refund' AND r.state = 'CONFIRMED')"""
+
 CHECKS: tuple[Check, ...] = (
     Check(
         "every transfer's entries sum to zero",
@@ -233,15 +244,24 @@ CHECKS: tuple[Check, ...] = (
                   AND back.fee <> (o.quote->>'network_fee')::bigint)""",
     ),
     Check(
-        "every campaign's used budget is what its live transactions reserved",
+        "every campaign's used budget is what its live transactions reserved, less what live "
+        "refunds took back",
         "SELECT count(*) FROM campaign k WHERE campaign_budget(k) IS NOT NULL",
-        """SELECT k.id, k.budget_used_rial + k.budget_used_units, coalesce(sum(v.amount), 0)
-           FROM campaign k
-           LEFT JOIN (SELECT v.rule_id, v.amount FROM txn_reservation v
-                      JOIN txn x ON x.id = v.txn_id AND x.state <> 'VOIDED' WHERE v.budget) v
-                  ON v.rule_id = k.id
+        # A confirmed refund gives a budget what it took back of the rule's grants
+        # (migrations/0024_refund_mirror.sql); its purchase is live while it stands.
+        """WITH used AS (
+             SELECT v.rule_id, v.amount FROM txn_reservation v
+             JOIN txn x ON x.id = v.txn_id AND x.state <> 'VOIDED' WHERE v.budget
+             UNION ALL
+             SELECT g.rule_id, -c.taken FROM txn_clawback c
+             JOIN txn r ON r.id = c.txn_id AND r.state = 'CONFIRMED'
+             JOIN txn_grant g ON g.txn_id = c.original_txn_id AND g.seq = c.seq
+             JOIN txn_reservation v ON v.txn_id = g.txn_id AND v.rule_id = g.rule_id
+                                   AND v.budget)
+           SELECT k.id, k.budget_used_rial + k.budget_used_units, coalesce(sum(u.amount), 0)
+           FROM campaign k LEFT JOIN used u ON u.rule_id = k.id
            GROUP BY k.id
-           HAVING k.budget_used_rial + k.budget_used_units <> coalesce(sum(v.amount), 0)""",
+           HAVING k.budget_used_rial + k.budget_used_units <> coalesce(sum(u.amount), 0)""",
     ),
     Check(
         "every card's daily amount per rule is what its live transactions reserved",
@@ -272,10 +292,12 @@ CHECKS: tuple[Check, ...] = (
     Check(
         "every confirmed refund's clawback postings are what it recorded as taken",
         "SELECT count(DISTINCT txn_id) FROM txn_clawback",
+        # A merchant-funded discount's share is inside the refunded payable: nothing posted.
         """SELECT r.rrn FROM txn r
            JOIN (SELECT c.txn_id, g.effect || '_clawback' AS code, sum(c.taken) AS taken
                  FROM txn_clawback c
                  JOIN txn_grant g ON g.txn_id = c.original_txn_id AND g.seq = c.seq
+                 WHERE NOT (g.effect = 'discount' AND g.funder_kind = 'merchant')
                  GROUP BY c.txn_id, g.effect) k ON k.txn_id = r.id
            WHERE r.state = 'CONFIRMED' AND k.taken <> coalesce((
                SELECT sum(e.amount) FROM ledger_transfer t
@@ -301,6 +323,18 @@ CHECKS: tuple[Check, ...] = (
              JOIN ledger_account a ON a.id = e.account_id
              WHERE t.ref = 'redeem:' || r.id AND t.kind = 'single') p ON true
            WHERE (p.points, p.rial, p.other) <> (r.points, r.rial, 0)""",
+    ),
+    Check(
+        "every fully refunded purchase leaves each funder's discount funding for it at zero",
+        f"SELECT count(*) FROM ({_FULLY_REFUNDED}) f",
+        # What the purchase and its confirmed refunds posted to discount_funding accounts.
+        f"""SELECT f.rrn, a.key, sum(e.amount) FROM ({_FULLY_REFUNDED}) f
+           JOIN txn r ON r.id = f.id OR (r.original_txn_id = f.id AND r.kind = 'refund'
+                                         AND r.state = 'CONFIRMED')
+           JOIN ledger_transfer t ON t.ref = r.rrn AND t.kind IN ('single', 'post')
+           JOIN ledger_entry e ON e.transfer_id = t.id
+           JOIN ledger_account a ON a.id = e.account_id AND a.kind = 'discount_funding'
+           GROUP BY f.rrn, a.key HAVING sum(e.amount) <> 0""",
     ),
     Check(
         "the ledger as a whole balances, per unit",

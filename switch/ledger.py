@@ -109,8 +109,10 @@ def credit_issued(*, merchant_id: int | None = None, network_id: int | None = No
     return AccountSpec(Kind.CREDIT_ISSUED, merchant_id=merchant_id, network_id=network_id)
 
 
-def points_issued(network_id: int) -> AccountSpec:
-    return AccountSpec(Kind.POINTS_ISSUED, network_id=network_id)
+def points_issued(network_id: int | None = None, *, sponsor: str | None = None) -> AccountSpec:
+    """Points granted by a network, or by a sponsor (a bank) whose campaign funds them."""
+    assert (network_id is None) != (sponsor is None), "points have exactly one issuer here"
+    return AccountSpec(Kind.POINTS_ISSUED, network_id=network_id, sponsor=sponsor)
 
 
 def fee_income(network_id: int) -> AccountSpec:

@@ -13,7 +13,7 @@ from protocol.fields import AmountType, ProcessingCode, ResponseCode
 from simulator.terminal import Response
 from switch import dbcheck, demo, ledger
 from tests.e2e.conftest import Env
-from tests.e2e.support import balance, blocks, merchant_id
+from tests.e2e.support import balance, blocks, merchant_id, network_id
 from tests.e2e.test_pricing import CREDIT, POINTS, add
 from tests.switch.test_dbcheck import CLAWBACK_CHECKS, CLAWBACK_POSTED, CLAWBACK_WITHIN_GRANT
 
@@ -162,3 +162,27 @@ async def test_a_refund_of_a_purchase_that_earned_nothing_reports_no_clawback(en
         assert response.code is ResponseCode.APPROVED, response
         assert not {key for key in blocks(response)
                     if key[1] in (AmountType.CASHBACK.value, AmountType.POINTS_EARNED.value)}
+
+
+async def test_tier_points_are_net_of_the_points_refunds_took_back(env):
+    """Tiers by points only (silver from 30, gold from 50): 60 points make the card gold;
+    the full refund takes them back, so after the next purchase (1 point) the card has
+    earned bronze and goes down one step, to silver. Counted gross, 61 points kept gold."""
+    await env.conn.execute(
+        """INSERT INTO tier_policy (network_id, bronze_spend_rial, silver_spend_rial,
+                                    gold_spend_rial, silver_points, gold_points)
+           VALUES ($1, 0, 1e9, 1e9, 30, 50)""", await network_id(env))
+    await add(env, id="cafe-points", kind="points", rial_per_point=1_000, merchant=CAFE)
+    card_id, pan = await env.card_id(7), demo.demo_club_pan(7)
+    tier_sql = "SELECT tier FROM card WHERE id = $1"
+    client = await env.client(TID)
+    async with client:
+        bought, prepared = await client.purchase(60_000, pan, demo.CARD_EXPIRY)
+        await client.confirm(prepared, bought.message.rrn)
+        assert await env.conn.fetchval(tier_sql, card_id) == "gold"
+        refund, p2 = await client.refund(bought.message.rrn, 60_000, pan, demo.CARD_EXPIRY)
+        await client.confirm(p2, refund.message.rrn)
+        assert await clawbacks(env, refund.message.rrn) == [("points", 60, 60)]
+        again, p3 = await client.purchase(1_000, pan, demo.CARD_EXPIRY)
+        await client.confirm(p3, again.message.rrn)
+    assert await env.conn.fetchval(tier_sql, card_id) == "silver"

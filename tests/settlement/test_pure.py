@@ -18,6 +18,7 @@ NETWORK = Party(NET, None)
     ("club_purchase", "sales"), ("refund", "refunds"), ("club_purchase_fee", "fees"),
     ("refund_fee", "fees"), ("bank_purchase_fee", "fees"), ("discount", "discounts"),
     ("topup", "topups"), ("credit_netting", "credit_netting"), ("cashback_clawback", "other"),
+    ("discount_clawback", "discounts"),
 ])
 def test_components(code: str, expected: str) -> None:
     assert component(code) == expected

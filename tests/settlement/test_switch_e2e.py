@@ -11,6 +11,7 @@ from settlement import runner
 from switch import demo, ledger
 from tests.e2e.conftest import Env, demo_template, env  # noqa: F401 - fixtures
 from tests.e2e.test_lifecycle import EXP, approved
+from tests.e2e.test_pricing import add
 
 club = demo.demo_club_pan
 PC = ProcessingCode
@@ -60,3 +61,38 @@ async def test_what_the_switch_posted_is_settled(env: Env) -> None:  # noqa: F81
             assert await _payable(env, code) == row["carried_forward_rial"]
         # The terminal's reversal of the settled purchase: refused, the merchant refunds.
         assert (await cafe.reverse(purchase, rrn)).code is RC.INVALID_TRANSACTION
+
+
+async def test_a_refunded_sponsor_discount_is_settled_back(env: Env) -> None:  # noqa: F811
+    """Melli funds 10 % of a 400,000 purchase: the first window pays the hypermarket the
+    40,000 as a discount; the full refund falls in the second window, which takes the
+    40,000 back under discounts (not 'other'), so the two windows net to nothing."""
+    await add(env, id="melli-10", kind="percent_discount", bp=1_000, funder="sponsor:melli",
+              bin_prefixes=[demo.BANK_BIN])
+    windows = []
+    async with await env.client("HYPR0001") as hyper:
+        rrn, purchase = await approved(hyper, 400_000, club(0))
+        assert (await hyper.confirm(purchase, rrn)).code is RC.APPROVED
+        for step in ("purchase", "refund"):
+            if step == "refund":
+                response, refund = await hyper.refund(rrn, 360_000, club(0), EXP)
+                assert response.code is RC.APPROVED
+                assert (await hyper.confirm(refund, response.message.rrn or "")).code \
+                    is RC.APPROVED
+            env.clock.advance(seconds=1)
+            cutoff = env.clock.now
+            summary = await runner.run(env.conn, env.settings, cutoff + timedelta(minutes=1),
+                                       cutoff_at=cutoff)
+            row = await env.conn.fetchrow(
+                """SELECT p.* FROM settlement_position p JOIN merchant m ON m.id = p.merchant_id
+                   WHERE p.window_id = $1 AND m.code = 'hyper-setareh'""", summary.window_id)
+            assert row is not None
+            windows.append(row)
+    paid, taken = windows
+    assert (paid["sales_rial"], paid["discounts_rial"]) == (360_000, 40_000)
+    assert (taken["refunds_rial"], taken["discounts_rial"], taken["other_rial"]) \
+        == (-360_000, -40_000, 0)
+    assert paid["fees_rial"] + taken["fees_rial"] == 0
+    assert paid["payout_rial"] == paid["net_rial"] > 0
+    assert taken["net_rial"] == taken["carried_forward_rial"] == -paid["payout_rial"]
+    assert await _payable(env, "hyper-setareh") == taken["carried_forward_rial"]

@@ -27,7 +27,8 @@ RUNNING_TOTALS_MATCH = "every running total equals the sum of its account's entr
 HOLD_STATUS_MATCHES = "no hold is resolved twice, and each hold's status matches its resolution"
 LEDGER_BALANCES = "the ledger as a whole balances, per unit"
 LOTS_MATCH = "every store-credit and points account's open lots sum to its ledger balance"
-BUDGET_MATCHES = "every campaign's used budget is what its live transactions reserved"
+BUDGET_MATCHES = ("every campaign's used budget is what its live transactions reserved, less "
+                  "what live refunds took back")
 DAILY_MATCHES = "every card's daily amount per rule is what its live transactions reserved"
 GRANTS_MATCH = "every priced transaction's discount is the sum of its discount grants"
 CLAWBACK_WITHIN_GRANT = "no grant is taken back by live refunds beyond what it granted"
@@ -43,6 +44,8 @@ REFUND_ISSUERS_MATCH = ("no issuer gets back more store credit than a purchase d
                         "and a refunded whole gives each all of it")
 LOT_DRAW_CHECKS = frozenset({LOT_DRAWS_MATCH, LOT_UNDO_WITHIN, LOT_ENTRIES_MATCH})
 PRICING_CHECKS = frozenset({LOTS_MATCH, BUDGET_MATCHES, DAILY_MATCHES, GRANTS_MATCH})
+DISCOUNT_FUNDING_RETURNED = ("every fully refunded purchase leaves each funder's discount "
+                             "funding for it at zero")
 CLAWBACK_CHECKS = frozenset({CLAWBACK_WITHIN_GRANT, CLAWBACK_POSTED})
 REDEMPTIONS_POSTED = ("every points redemption took its points from the card and gave its "
                       "credit to it")
@@ -114,14 +117,15 @@ async def test_check_passes_on_a_ledger_with_activity(conn):
     outcomes = await dbcheck.run_checks(conn)
     assert [o.check.name for o in outcomes if not o.ok] == []
     # The campaign checks examine rows only campaigns create (tests/e2e/test_pricing.py),
-    # the clawback checks rows only refunds of priced purchases (tests/e2e/test_clawback.py),
-    # the lot and refund fee checks rows only store credit and refunds write
-    # (tests/e2e/test_lot_restore.py), the redemption check redemptions
+    # the clawback checks rows only refunds of priced purchases (tests/e2e/test_clawback.py,
+    # tests/e2e/test_refund_mirror.py), the lot and refund fee checks rows only store credit
+    # and refunds write (tests/e2e/test_lot_restore.py), the redemption check redemptions
     # (tests/e2e/test_points_redeem.py), the refund issuer check refunds of store-credit
     # purchases (tests/e2e/test_refund_issuers.py).
     assert all(o.examined > 0 for o in outcomes if o.check.name not in
                PRICING_CHECKS | CLAWBACK_CHECKS | LOT_DRAW_CHECKS
-               | {REFUND_FEES_MATCH, REDEMPTIONS_POSTED, REFUND_ISSUERS_MATCH}), \
+               | {REFUND_FEES_MATCH, REDEMPTIONS_POSTED, REFUND_ISSUERS_MATCH,
+                  DISCOUNT_FUNDING_RETURNED}), \
         dbcheck.report(outcomes)
     assert dbcheck.report(outcomes).endswith(
         f"{len(dbcheck.CHECKS)} invariants hold, 0 violated")
