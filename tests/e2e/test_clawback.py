@@ -11,9 +11,10 @@ from typing import Any
 
 from protocol.fields import AmountType, ProcessingCode, ResponseCode
 from simulator.terminal import Response
-from switch import dbcheck, demo, ledger
+from switch import dbcheck, demo, ledger, registry
+from switch.tiers import Threshold, TierPolicy
 from tests.e2e.conftest import Env
-from tests.e2e.support import balance, blocks, merchant_id, network_id
+from tests.e2e.support import balance, blocks, merchant_id
 from tests.e2e.test_pricing import CREDIT, POINTS, add
 from tests.switch.test_dbcheck import CLAWBACK_CHECKS, CLAWBACK_POSTED, CLAWBACK_WITHIN_GRANT
 
@@ -168,10 +169,8 @@ async def test_tier_points_are_net_of_the_points_refunds_took_back(env):
     """Tiers by points only (silver from 30, gold from 50): 60 points make the card gold;
     the full refund takes them back, so after the next purchase (1 point) the card has
     earned bronze and goes down one step, to silver. Counted gross, 61 points kept gold."""
-    await env.conn.execute(
-        """INSERT INTO tier_policy (network_id, bronze_spend_rial, silver_spend_rial,
-                                    gold_spend_rial, silver_points, gold_points)
-           VALUES ($1, 0, 1e9, 1e9, 30, 50)""", await network_id(env))
+    await registry.set_tier_policy(env.conn, demo.NETWORK_CODE, TierPolicy(
+        bronze=Threshold(0), silver=Threshold(10**9, 30), gold=Threshold(10**9, 50)))
     await add(env, id="cafe-points", kind="points", rial_per_point=1_000, merchant=CAFE)
     card_id, pan = await env.card_id(7), demo.demo_club_pan(7)
     tier_sql = "SELECT tier FROM card WHERE id = $1"
