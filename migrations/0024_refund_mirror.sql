@@ -23,7 +23,10 @@
 --    day. A reversal of the refund reserves that part again; when the budget was granted
 --    to others meanwhile and has no room for it, the reversal is declined (51, as when
 --    the card spent what a reversal would take back) and changes nothing: a budget is
---    never exceeded. The campaign rows are locked before the ledger accounts (lock order).
+--    never exceeded. 0027's switch_reverse decides that after it mirrored the ledger (it
+--    locks campaign rows last), in switch_release_refund, which then raises to undo the
+--    request, naming the decline in the error's detail; switch/store.py answers it. The
+--    campaign rows are locked last, in id order, on confirm as on reversal (0027).
 -- 3. Sponsor points were posted from an account without an owner (points_issued with no
 --    merchant, network or sponsor). They are posted from the sponsor's own points_issued
 --    account (key points_issued:s<code>, in points); a refund takes them back there, and
@@ -169,8 +172,8 @@ LANGUAGE sql STABLE AS $$
     GROUP BY g.rule_id, g.effect = 'points'
 $$;
 
--- Lock the campaign rows whose budgets refund `x` gives back or reserves again (before
--- any ledger account: lock order).
+-- Lock, in id order, the campaign rows whose budgets refund `x` gives back or reserves
+-- again (after the ledger accounts: 0027's lock order).
 CREATE FUNCTION switch_lock_refund_budgets(x txn) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -199,8 +202,8 @@ LANGUAGE sql AS $$
     FROM switch_refund_budget_shares(x) s WHERE k.id = s.rule_id
 $$;
 
--- 0017's switch_post_txn: a refund also locks its purchase's budgets first, takes back
--- its share of the discounts, and gives the budgets what it took back.
+-- 0017's switch_post_txn: a refund also takes back its share of the discounts, and gives
+-- the budgets what it took back, locking their campaign rows last (0027's lock order).
 CREATE OR REPLACE FUNCTION switch_post_txn(x txn, p_now timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -210,14 +213,10 @@ DECLARE
     v_network bigint;
 BEGIN
     IF x.kind = 'refund' THEN
-        -- Lock the original first, as the refund's phase 1 did, then the campaigns (lock
-        -- order).
+        -- Lock the original first, as the refund's phase 1 did (lock order).
         PERFORM 1 FROM txn WHERE id = x.original_txn_id FOR UPDATE;
         v_grants := EXISTS (SELECT 1 FROM txn_grant WHERE txn_id = x.original_txn_id
                             AND switch_clawback_effect(effect));
-        IF v_grants THEN
-            PERFORM switch_lock_refund_budgets(x);
-        END IF;
     END IF;
     PERFORM switch_resolve_holds(x.rrn, 'post', p_now);
     IF (v_fee = 0 OR x.kind = 'topup') AND x.pricing IS NULL AND NOT v_grants THEN
@@ -235,60 +234,30 @@ BEGIN
     END IF;
     IF v_grants THEN
         PERFORM switch_clawback(x, v_network);
+        PERFORM switch_lock_refund_budgets(x);  -- campaign rows last (0027's lock order)
         PERFORM switch_refund_budgets(x, -1);
     END IF;
 END $$;
 
--- 0012's switch_reverse: the reversal of a confirmed refund reserves again what the refund
--- gave back to the budgets, or is declined (51) when a budget no longer has room for it.
-CREATE OR REPLACE FUNCTION switch_reverse(r switch_request, t switch_terminal, a switch_advice)
-RETURNS switch_result LANGUAGE plpgsql AS $$
-DECLARE
-    x txn%ROWTYPE;
+-- 0007's give-back of a refund's amount to its purchase, called by a void, a hold expiry and
+-- a reversal. The reversal of a confirmed refund (0027's switch_reverse, after it mirrored
+-- the ledger: campaign rows last, 0027's lock order) also reserves again what the refund gave
+-- back to the budgets. When a budget was granted to others since and has no room for it, it
+-- raises, which undoes the whole request, naming the decline (51) that the switch answers
+-- (switch/store.py): a budget is never exceeded.
+CREATE OR REPLACE FUNCTION switch_release_refund(x txn) RETURNS void
+LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT * INTO x FROM txn
-    WHERE terminal_id = t.terminal_id AND stan = a.original_stan
-      AND transmitted_at = a.original_transmitted_at
-    FOR UPDATE;
-    IF NOT FOUND THEN
-        -- The original never arrived (or is unknown): acknowledge, and remember it so that
-        -- the original is declined if it comes later.
-        INSERT INTO reversal_memo (terminal_id, stan, transmitted_at)
-        VALUES (t.terminal_id, a.original_stan, a.original_transmitted_at)
-        ON CONFLICT DO NOTHING;
-        RETURN ROW(jsonb_build_object('outcome', 'APPROVED'), NULL)::switch_result;
-    END IF;
-    IF a.processing_code <> x.processing_code OR a.amount <> x.amount_rial THEN
-        RETURN switch_declined('INVALID_AMOUNT');
-    END IF;
-    IF x.state = 'PENDING' THEN
-        PERFORM switch_release_pricing(x);
-        PERFORM switch_resolve_holds(x.rrn, 'void', r.now);
-    ELSIF x.state = 'CONFIRMED' THEN
-        -- After confirm, by exact compensating entries, while not settled nor refunded.
-        IF x.settlement_window_id IS NOT NULL OR x.refunded_rial > 0 THEN
-            RETURN switch_declined('INVALID_TRANSACTION');  -- the merchant refunds instead
+    UPDATE txn SET refunded_rial = refunded_rial - x.amount_rial
+    WHERE id = x.original_txn_id AND x.kind = 'refund';
+    IF x.kind = 'refund' AND x.state = 'CONFIRMED' THEN
+        PERFORM switch_lock_refund_budgets(x);
+        IF NOT switch_refund_budgets_fit(x) THEN
+            RAISE EXCEPTION 'switch: refund % gave back budget that was granted since', x.rrn
+                USING DETAIL = 'decline:INSUFFICIENT_FUNDS';
         END IF;
-        IF x.kind = 'refund' THEN
-            PERFORM switch_lock_refund_budgets(x);
-            IF NOT switch_refund_budgets_fit(x) THEN
-                RETURN switch_declined('INSUFFICIENT_FUNDS');  -- granted to others since
-            END IF;
-        END IF;
-        IF ledger_mirror(x.rrn, 'reversal') = 'exceeds_credits' THEN
-            RETURN switch_declined('INSUFFICIENT_FUNDS');  -- the card spent what it got
-        END IF;
-        PERFORM switch_release_pricing(x);
-        IF x.kind = 'refund' THEN
-            PERFORM switch_refund_budgets(x, 1);
-        END IF;
+        PERFORM switch_refund_budgets(x, 1);
     END IF;
-    IF x.state <> 'VOIDED' THEN
-        PERFORM switch_release_refund(x);
-        UPDATE txn SET state = 'VOIDED', voided_at = r.now, void_reason = 'reversal'
-        WHERE id = x.id;
-    END IF;
-    RETURN ROW(jsonb_build_object('outcome', 'APPROVED', 'rrn', x.rrn), x.id)::switch_result;
 END $$;
 
 -- 0015's tier review, with the points the standing refunds owed back subtracted.

@@ -149,9 +149,16 @@ class Answer:
 async def handle(conn: asyncpg.Connection, request: RequestArgs, card: CardArgs | None,
                  auth: AuthArgs | None, advice: AdviceArgs | None) -> Answer:
     """One request's database work (see the module docstring). Raises `Refused` or
-    `PriceAgain` when the call wrote nothing."""
-    row = await conn.fetchrow("SELECT * FROM switch_handle($1, $2, $3, $4)",
-                              request, card, auth, advice)
+    `PriceAgain` when the call wrote nothing; a late decline (`_late_decline`) is answered
+    like any decline, but nothing of it is stored."""
+    try:
+        row = await conn.fetchrow("SELECT * FROM switch_handle($1, $2, $3, $4)",
+                                  request, card, auth, advice)
+    except asyncpg.RaiseError as exc:
+        decline = _late_decline(exc)
+        if decline is None:
+            raise
+        return Answer(False, Outcome.from_json({"outcome": decline.name}), None, None, None)
     assert row is not None
     if row["refused"] is not None:
         raise Refused(row["refused"])
@@ -161,6 +168,16 @@ async def handle(conn: asyncpg.Connection, request: RequestArgs, card: CardArgs 
         raise PriceAgain(outcome["basis"])
     return Answer(row["stored"], None if outcome is None else Outcome.from_json(outcome),
                   row["digest"], row["ksn"], row["response"])
+
+
+def _late_decline(exc: asyncpg.RaiseError) -> Decline | None:
+    """A decline the database could tell only after the request wrote: it raised, which
+    undid the request (nothing stored, not even the request log), naming the decline in the
+    detail as `decline:NAME`. The one case: a refund's reversal whose budgets were granted
+    since (migrations/0024_refund_mirror.sql)."""
+    detail = exc.detail or ""
+    prefix, _, name = detail.partition(":")
+    return Decline.__members__.get(name) if prefix == "decline" else None
 
 
 async def device_is_active(conn: asyncpg.Connection, initial_key_id: bytes) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 from protocol.fields import AmountType, ProcessingCode, ResponseCode
 from switch import dbcheck, demo, ledger
 from tests.e2e.conftest import Env
-from tests.e2e.support import balance, blocks, net_balances, network_id
+from tests.e2e.support import balance, blocks, counts, net_balances, network_id
 from tests.e2e.test_clawback import clawbacks
 from tests.e2e.test_pricing import NONE, POINTS, add, budget_used
 from tests.switch.test_dbcheck import (
@@ -108,7 +108,8 @@ async def test_partial_refunds_give_back_exactly_the_grant_and_a_reversal_takes_
 async def test_a_refund_is_not_reversed_once_its_budget_share_is_granted_again(env):
     """The full refund frees the 10,000 of a 10,000 budget and another card's purchase takes
     it: reversing the refund would overrun the budget, so it is declined (51) and changes
-    nothing. Once that purchase is reversed, the refund's reversal goes through."""
+    nothing (the database undoes it after the mirror, store._late_decline). Once that
+    purchase is reversed, the refund's reversal goes through."""
     await add(env, id="net-10k", kind="fixed_discount", amount_rial=10_000, funder="network",
               budget_rial=10_000)
     async with await env.client("CAFE0001") as client:
@@ -118,10 +119,11 @@ async def test_a_refund_is_not_reversed_once_its_budget_share_is_granted_again(e
         other, other_prepared = await client.purchase(50_000, demo.demo_club_pan(2),
                                                       demo.CARD_EXPIRY)
         assert blocks(other)[(NONE, AmountType.DISCOUNT.value)] == 10_000
-        before = await net_balances(env)
+        before, rows = await net_balances(env), await counts(env)
         declined = await client.reverse(prepared, refund.message.rrn)
         assert declined.code is ResponseCode.INSUFFICIENT_FUNDS
-        assert await net_balances(env) == before
+        # The reversal was undone whole: no balance moved, no row written, not even its log.
+        assert (await net_balances(env), await counts(env)) == (before, rows)
         assert await budget_used(env, "net-10k") == 10_000
         state = await env.conn.fetchval("SELECT state FROM txn WHERE rrn = $1",
                                         refund.message.rrn)
