@@ -16,7 +16,9 @@ How rules combine, in this order:
    a stamp card's visit that only counts a stamp) stops nothing.
 5. Rewards (cashback, top-up bonus, points, lottery entries) are computed on the final
    payable, what the customer actually pays, wherever they stand in the order. (An exclusive
-   reward that grants ends the walk, so the payable it sees is already final.)
+   reward that grants ends the walk, so the payable it sees is already final.) Credit is a
+   rate through `apply_bp`; points (payable x multiplier / rial_per_point) and entries
+   (payable / rial_per_entry) round down, so splitting a purchase never earns more.
 6. Funding: a discount D is split among the rule's co-funders and then its funder by
    cumulative shares: a funder whose shares up to and including its own sum to c gets
    apply_bp(D, c) less what the funders before it got; the funder comes last with
@@ -299,9 +301,9 @@ def _points(rule: Points, categories: tuple[str, ...], payable: int) -> int:
     plain = not categories or any(c not in by_category for c in categories)
     multiplier = max([by_category[c] for c in categories if c in by_category]
                      + ([BP_PER_UNIT] if plain else []))
-    # payable * multiplier / (rial_per_point * 10000), half up like apply_bp.
-    divisor = rule.rial_per_point * BP_PER_UNIT
-    return (payable * multiplier + divisor // 2) // divisor
+    # A point per *full* rial_per_point paid (at 1x), rounded down like lottery entries:
+    # rounding up would let a purchase split in two earn more than the whole.
+    return payable * multiplier // (rule.rial_per_point * BP_PER_UNIT)
 
 
 def _split(rule: Rule, effect: Effect, amount: int, expires_at: datetime | None = None

@@ -12,7 +12,7 @@ effect can be limited to a time, a bank's cards or a tier without a kind per com
 | `StampCard`       | every `every`-th visit at the merchant free, up to `free_up_to_rial` |
 | `Cashback`        | bp of the payable as store credit that expires after `expiry_days`   |
 | `TopUpBonus`      | charge X, receive X plus bp of X as store credit                     |
-| `Points`          | a point per `rial_per_point` paid, times the basket's multiplier     |
+| `Points`          | payable x the basket's multiplier / `rial_per_point`, rounded down   |
 | `Lottery`         | an entry per full `rial_per_entry` paid                              |
 
 Shared conditions (all must hold; an empty set means "any"): validity [valid_from,

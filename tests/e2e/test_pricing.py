@@ -104,7 +104,7 @@ async def test_stacked_purchase_priced_and_posted_to_each_funder(env):
         assert response.code is ResponseCode.APPROVED, response
         # 10 % of 400,000 = 40,000 (Melli); 5 % of 360,000 = 18,000 (merchant); payable
         # 342,000; fee 0.8 % + 500 = 3,236; cashback 2 % = 6,840; points 342,000 / 10,000
-        # doubled = 68.4, half up 68.
+        # doubled = 68.4, rounded down to 68.
         assert blocks(response) == {
             (NONE, AmountType.DISCOUNT.value): 58_000, (NONE, AmountType.PAYABLE.value): 342_000,
             (NONE, AmountType.NETWORK_FEE.value): 3_236,

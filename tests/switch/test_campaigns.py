@@ -6,6 +6,8 @@ from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from switch.engine import Effect, StampProgress, evaluate
 from switch.jalali import Weekday
@@ -115,8 +117,17 @@ def test_top_up_bonus_pay_a_million_receive_one_point_one():
 
 @pytest.mark.parametrize(("payable", "categories", "points"), [
     (1_000_000, (), 100),
-    (15_000, (), 2),                             # 1.5 points round half up
-    (14_999, (), 1),
+    (9_999, (), 0),                              # a point per *full* 10,000 rial
+    (10_000, (), 1),
+    (15_000, (), 1),                             # 1.5 points: rounded down
+    (19_999, (), 1),
+    (20_000, (), 2),
+    (4_999, ("bakery",), 0),                     # 0.9998 at 2x
+    (5_000, ("bakery",), 1),                     # the multiplier applies before rounding
+    (15_000, ("bakery",), 3),
+    (6_666, ("perfume",), 0),                    # 0.9999 at 1.5x
+    (6_667, ("perfume",), 1),
+    (15_000, ("perfume",), 2),                   # 2.25
     (1_000_000, ("bakery",), 200),
     (1_000_000, ("bakery", "tobacco"), 200),     # the highest multiplier in the basket
     (1_000_000, ("tobacco",), 0),
@@ -129,6 +140,20 @@ def test_points_per_rial_with_category_multipliers(payable, categories, points):
     p = price([rule], amount=payable, categories=categories)
     assert p.points == points
     assert p.fired == (("pts",) if points else ())
+
+
+@given(st.integers(1, 10**9), st.integers(1, 10**9), st.integers(1, 100_000),
+       st.sampled_from([(), ("bakery",), ("perfume",), ("tobacco",)]))
+def test_splitting_a_purchase_never_earns_more_points(first, second, per_point, categories):
+    """Two purchases earn at most what one of their sum earns: rounding down is superadditive
+    (half up was not: 5,000 + 5,000 earned 2 points where 10,000 earns 1)."""
+    rule = Points(id="pts", rial_per_point=per_point, multipliers=(
+        Multiplier("bakery", 20_000), Multiplier("tobacco", 0), Multiplier("perfume", 15_000)))
+
+    def points(amount: int) -> int:
+        return price([rule], amount=amount, categories=categories).points
+
+    assert points(first) + points(second) <= points(first + second)
 
 
 @pytest.mark.parametrize(("payable", "cap", "entries"), [
