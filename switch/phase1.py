@@ -47,7 +47,8 @@ def price(kind: str, basis: Mapping[str, Any], shaparak: ShaparakFeeRule) -> Quo
     amount = basis["amount"]
     if kind == "refund":
         # The network gives back its fee in proportion (floor; the last refund takes the
-        # remainder); a refund's `network_fee` is that share, posted on confirm.
+        # remainder). This is the 0110's provisional share: the confirm reckons the share
+        # again against the refunds standing then (migration 0021) and posts that.
         fee_back = refund_share(basis["original_fee"], basis["refunded"], amount,
                                 basis["original_payable"])
         return Quote(amount=amount, discount=0, payable=amount, network_fee=fee_back,
