@@ -195,6 +195,18 @@ CHECKS: tuple[Check, ...] = (
            GROUP BY transfer_id, account_id HAVING sum(amount) <> 0""",
     ),
     Check(
+        "no lot movement of a reversed transaction still stands",
+        "SELECT count(DISTINCT ref) FROM ledger_transfer WHERE code = 'reversal'",
+        # A reversal undoes every movement of its transaction on every card account, also
+        # where the transaction nets to zero (migrations/0030_lot_reversal_net_zero.sql).
+        """SELECT w.id, t.ref, l.account_id, w.amount, ledger_lot_left(w.id, w.amount)
+           FROM ledger_transfer r
+           JOIN ledger_transfer t ON t.ref = r.ref AND t.code <> 'reversal'
+           JOIN ledger_lot_draw w ON w.transfer_id = t.id
+           JOIN ledger_lot l ON l.id = w.lot_id
+           WHERE r.code = 'reversal' AND ledger_lot_left(w.id, w.amount) <> 0""",
+    ),
+    Check(
         "no issuer gets back more store credit than a purchase drew from it, and a refunded "
         "whole gives each all of it",
         """SELECT count(DISTINCT r.original_txn_id) FROM txn r
