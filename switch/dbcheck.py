@@ -207,6 +207,23 @@ CHECKS: tuple[Check, ...] = (
            WHERE r.code = 'reversal' AND ledger_lot_left(w.id, w.amount) <> 0""",
     ),
     Check(
+        "every points lot is drawn only by debits that credit its issuer",
+        """SELECT count(*) FROM ledger_lot_draw w JOIN ledger_lot l ON l.id = w.lot_id
+           JOIN ledger_account a ON a.id = l.account_id AND a.kind = 'card_points'
+           WHERE w.amount > 0 AND w.transfer_id IS NOT NULL""",
+        # A lot's points are worth its issuer's points value
+        # (migrations/0031_points_lot_issuer.sql).
+        """SELECT w.id, w.transfer_id, l.id AS lot_id,
+                  ledger_points_lot_issuer(l.transfer_id, l.account_id) AS issuer
+           FROM ledger_lot_draw w JOIN ledger_lot l ON l.id = w.lot_id
+           JOIN ledger_account a ON a.id = l.account_id AND a.kind = 'card_points'
+           WHERE w.amount > 0 AND w.transfer_id IS NOT NULL
+             AND NOT EXISTS (
+                   SELECT 1 FROM ledger_entry e WHERE e.transfer_id = w.transfer_id
+                     AND e.amount < 0
+                     AND e.account_id = ledger_points_lot_issuer(l.transfer_id, l.account_id))""",
+    ),
+    Check(
         "no issuer gets back more store credit than a purchase drew from it, and a refunded "
         "whole gives each all of it",
         """SELECT count(DISTINCT r.original_txn_id) FROM txn r

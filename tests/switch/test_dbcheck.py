@@ -39,6 +39,7 @@ LOT_UNDO_WITHIN = \
     "no lot movement is undone beyond what it moved, nor given back to another lot"
 LOT_ENTRIES_MATCH = "every store-credit and points entry moved its account's lots by its amount"
 LOT_REVERSAL_UNDONE = "no lot movement of a reversed transaction still stands"
+POINTS_LOT_ISSUER = "every points lot is drawn only by debits that credit its issuer"
 REFUND_FEES_MATCH = \
     "no purchase's fee is given back beyond it, and a refunded whole gives it all back"
 REFUND_ISSUERS_MATCH = ("no issuer gets back more store credit than a purchase drew from it, "
@@ -122,12 +123,13 @@ async def test_check_passes_on_a_ledger_with_activity(conn):
     # tests/e2e/test_refund_mirror.py), the lot and refund fee checks rows only store credit
     # and refunds write (tests/e2e/test_lot_restore.py), the redemption check redemptions
     # (tests/e2e/test_points_redeem.py), the refund issuer check refunds of store-credit
-    # purchases (tests/e2e/test_refund_issuers.py), the reversed lots check reversals
-    # (tests/e2e/test_lot_reversal.py).
+    # purchases (tests/e2e/test_refund_issuers.py), the reversed lots check reversals and
+    # the points lot issuer check points debits (tests/e2e/test_lot_reversal.py).
     assert all(o.examined > 0 for o in outcomes if o.check.name not in
                PRICING_CHECKS | CLAWBACK_CHECKS | LOT_DRAW_CHECKS
                | {REFUND_FEES_MATCH, REDEMPTIONS_POSTED, REFUND_ISSUERS_MATCH,
-                  DISCOUNT_FUNDING_RETURNED, LOT_REVERSAL_UNDONE}), \
+                  DISCOUNT_FUNDING_RETURNED, LOT_REVERSAL_UNDONE,
+                  POINTS_LOT_ISSUER}), \
         dbcheck.report(outcomes)
     assert dbcheck.report(outcomes).endswith(
         f"{len(dbcheck.CHECKS)} invariants hold, 0 violated")
