@@ -212,7 +212,7 @@ CHECKS: tuple[Check, ...] = (
            JOIN ledger_account a ON a.id = l.account_id AND a.kind = 'card_points'
            WHERE w.amount > 0 AND w.transfer_id IS NOT NULL""",
         # A lot's points are worth its issuer's points value
-        # (migrations/0031_points_lot_issuer.sql).
+        # (migrations/0032_points_lot_issuer.sql).
         """SELECT w.id, w.transfer_id, l.id AS lot_id,
                   ledger_points_lot_issuer(l.transfer_id, l.account_id) AS issuer
            FROM ledger_lot_draw w JOIN ledger_lot l ON l.id = w.lot_id

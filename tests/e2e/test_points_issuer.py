@@ -1,6 +1,6 @@
 """A points lot is drawn only by debits that credit its issuer: a refund's clawback and a
 reversal take the purchase's issuer's points, never another issuer's
-(migrations/0031_points_lot_issuer.sql)."""
+(migrations/0032_points_lot_issuer.sql)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def issued(env: Env) -> list[tuple[object, ...]]:
 
 async def test_a_refund_takes_back_only_its_issuers_points(env):
     """The refund owes the 100 network points; the card holds none of the network's, so it
-    takes none (due 100, taken 0) and leaves the barber's 100 where they are. Before 0031 it
+    takes none (due 100, taken 0) and leaves the barber's 100 where they are. Before 0032 it
     drained the barber's lot and posted them to the network's points_issued."""
     await barber_points_and_network_points(env)
     client = await env.client(BARBER)
