@@ -41,6 +41,16 @@ def has_campaigns(basis: Mapping[str, Any]) -> bool:
     return bool(basis.get("campaigns"))
 
 
+def without_budgets(basis: Mapping[str, Any]) -> dict[str, Any]:
+    """`basis` with each budgeted campaign's remainder taken as spent: those campaigns grant
+    nothing, as when their budget has run out, and reserve no budget. The database accepts a
+    price on it while the rest of the basis holds: it compares the basis without the
+    remainders, and tests only that each budget reservation fits (none here)."""
+    if "remaining" not in basis:  # no campaign in scope: the basis is compared whole
+        return dict(basis)
+    return {**basis, "remaining": dict.fromkeys(basis["remaining"], 0)}
+
+
 def member_state(data: Mapping[str, Any] | None) -> MemberState | None:
     if data is None:
         return None

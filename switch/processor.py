@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -145,13 +146,25 @@ _REFUSAL_CODES = {"time_window": ResponseCode.TIME_OUT_OF_WINDOW,
                   "format_error": ResponseCode.FORMAT_ERROR}
 # How often one request may be priced again: each time the database saw another basis than
 # the call was priced on (first purchase of a device, a changed fee plan, a partial
-# approval, a refund; with campaigns in scope always once, for the member's state). A
-# campaign budget running out under concurrent purchases adds at most two: the remainder
-# drops below a grant, then the clipped last grant goes to another purchase. Four cover
-# that; a basis that keeps changing beyond it is answered 91.
+# approval, a refund; with campaigns in scope always once, for the member's state), and each
+# time 0027's budget re-check found a reserved budget taken meanwhile (a 40001 that does not
+# count as a database retry). The last pricing takes every campaign budget as spent
+# (campaign_pricing.without_budgets): a budget running out under concurrent purchases then
+# cannot keep the price from settling, and the purchase is approved without those grants
+# rather than answered 91. What can still end in 91 is a basis that changes otherwise
+# beyond the last pricing: a campaign replaced, or the card's daily amounts or member state
+# moved by the same card's purchases on other terminals.
 _PRICINGS_MAX = 4
 _FEE_PLANS_MAX = 100_000
 _RULES_CACHED_MAX = 10_000  # parsed campaign rules (id, version) kept by the processor
+
+
+def _budget_taken(exc: Exception, call: _Call) -> bool:
+    """Whether `exc` is migration 0027's budget re-check (switch_take_budgets): the only
+    40001 on the request path (it runs at read committed), raised for a priced 0100 whose
+    budget another purchase took after the early check."""
+    return (isinstance(exc, asyncpg.SerializationError) and call.auth is not None
+            and call.auth.basis is not None)
 
 
 class _PriceUnsettled(Exception):  # noqa: N818  (answered 91: safe to retry)
@@ -330,18 +343,28 @@ class Processor:
                 return await store.handle(conn, call.request, call.card, call.auth,
                                           call.advice)
             except store.PriceAgain as again:
-                pricings += 1
-                if pricings > _PRICINGS_MAX:
-                    raise _PriceUnsettled from None
                 assert isinstance(request, m.AuthRequest) and call.auth is not None
                 if call.auth.kind in phase1.PURCHASES:
                     self._remember_fee_plan(ksn.initial_key_id, again.basis)
+                basis, rerun = again.basis, False
+            except _DB_RETRY as exc:
+                if not _budget_taken(exc, call):
+                    retries += 1
+                    if retries > self._settings.db_retries_max:
+                        raise
+                    continue
+                # Run it again as priced: the early check then states the fresh remainders.
+                assert call.auth is not None and call.auth.basis is not None
+                basis, rerun = json.loads(call.auth.basis), True
+            pricings += 1
+            if pricings > _PRICINGS_MAX:
+                raise _PriceUnsettled from None
+            assert isinstance(request, m.AuthRequest) and call.auth is not None
+            if pricings == _PRICINGS_MAX:  # the last pricing: every budget as spent
+                basis, rerun = campaign_pricing.without_budgets(basis), False
+            if not rerun:
                 call = dataclasses.replace(call, auth=await self._priced(
-                    conn, request, call, again.basis))
-            except _DB_RETRY:
-                retries += 1
-                if retries > self._settings.db_retries_max:
-                    raise
+                    conn, request, call, basis))
 
     async def _priced(self, conn: asyncpg.Connection, request: m.AuthRequest, call: _Call,
                       basis: dict[str, Any]) -> store.AuthArgs:

@@ -352,3 +352,55 @@ async def test_a_basis_that_never_settles_is_answered_91_after_four_pricings(env
     assert response.code is ResponseCode.SWITCH_UNAVAILABLE
     assert await env.conn.fetchval("SELECT last_value FROM test_versions") == 5
     assert await env.count("txn") == before
+
+
+async def test_a_budget_taken_before_every_pricing_ends_approved_without_its_grant(env):
+    """A stand-in for other purchases takes 500 of a 5,000 budget each time the database
+    reads the remainders, so each clipped grant (4,500, 3,500, 2,500, 1,500) no longer fits
+    when checked. The last of the four pricings takes the budget as spent: the purchase is
+    approved without the discount instead of 91, and reserves nothing."""
+    await add(env, id="net-10k", kind="fixed_discount", amount_rial=10_000, budget_rial=5_000,
+              funder="network")
+    await env.conn.execute(
+        """CREATE OR REPLACE FUNCTION switch_remaining(p_campaigns jsonb) RETURNS jsonb
+           LANGUAGE plpgsql AS $$
+           BEGIN
+               UPDATE campaign SET budget_used_rial = least(budget_used_rial + 500, budget_rial)
+               WHERE id = 'net-10k';
+               RETURN (SELECT jsonb_object_agg(k.id, campaign_budget_left(k)) FROM campaign k
+                       WHERE k.id = 'net-10k');
+           END $$""")
+    async with await env.client("CAFE0001") as client:
+        response, _ = await client.purchase(60_000, demo.demo_club_pan(13), demo.CARD_EXPIRY)
+    assert response.code is ResponseCode.APPROVED
+    assert blocks(response)[(NONE, AmountType.DISCOUNT.value)] == 0
+    assert await budget_used(env, "net-10k") == 4_000, "five calls read it; each took 500"
+    assert await env.conn.fetchval(
+        "SELECT count(*) FROM txn_reservation v JOIN txn x ON x.id = v.txn_id "
+        "WHERE x.rrn = $1", response.message.rrn) == 0
+    # The stand-in reserved nothing: give its 4,000 back, so that db check's budgets match.
+    await env.conn.execute("UPDATE campaign SET budget_used_rial = 0 WHERE id = 'net-10k'")
+
+
+async def test_a_budget_taken_after_every_early_check_is_not_a_database_retry(env):
+    """A stand-in for 0027's re-check finding the budget taken every time (40001 whenever
+    the call reserves budget): each 40001 counts as a pricing, not one of the three database
+    retries, and the last pricing takes the budget as spent, so the purchase is approved
+    without the discount rather than 91."""
+    await add(env, id="net-10k", kind="fixed_discount", amount_rial=10_000, budget_rial=50_000,
+              funder="network")
+    await env.conn.execute(
+        """CREATE OR REPLACE FUNCTION switch_take_budgets(p switch_auth, p_txn bigint)
+           RETURNS void LANGUAGE plpgsql AS $$
+           BEGIN
+               IF EXISTS (SELECT 1 FROM txn_reservation WHERE txn_id = p_txn AND budget) THEN
+                   RAISE EXCEPTION 'taken meanwhile' USING ERRCODE = 'serialization_failure';
+               END IF;
+           END $$""")
+    before = await env.count("txn")
+    async with await env.client("CAFE0001") as client:
+        response, _ = await client.purchase(60_000, demo.demo_club_pan(14), demo.CARD_EXPIRY)
+    assert response.code is ResponseCode.APPROVED
+    assert blocks(response)[(NONE, AmountType.DISCOUNT.value)] == 0
+    assert await budget_used(env, "net-10k") == 0
+    assert await env.count("txn") == before + 1, "nothing of the undone attempts remains"

@@ -96,6 +96,23 @@ def test_breakdown_names_funders_expiries_and_reservations():
     assert data["lottery"] == 0 and data["stamps"] == []
 
 
+def test_without_budgets_prices_as_if_every_budget_had_run_out():
+    """The last pricing of a request (switch/processor.py): only the remainders change, to
+    0, so the budgeted rule grants and reserves nothing and the others price as before."""
+    rules = [PercentDiscount(id="bank", priority=2, bp=1_000, budget=50_000),
+             FixedDiscount(id="daily", priority=1, amount_rial=10_000, daily_limit=12_000)]
+    spent = cp.without_budgets(basis(remaining={"bank": 50_000}))
+    assert spent == basis(remaining={"bank": 0})
+    quote, data = cp.price(spent, rules, cp.Request(code=PC.PURCHASE_CLUB, now=NOW),
+                           ShaparakFeeRule(), 90)
+    assert quote.discount == 8_000
+    assert data["reservations"] == [
+        {"rule": "daily", "amount": 8_000, "budget": False, "daily": True}]
+    # Without campaigns the database compares the basis whole: it stays as it was.
+    plain = {k: v for k, v in basis().items() if k in ("amount", "fee_bp")}
+    assert cp.without_budgets(plain) == plain
+
+
 @given(amount=st.integers(1, 10**10), remaining=st.integers(0, 10**6),
        today=st.integers(0, 20_000), minutes=st.integers(0, 60 * 24 * 366))
 def test_breakdown_accounts_for_every_rial(amount, remaining, today, minutes):
