@@ -147,8 +147,9 @@ _REFUSAL_CODES = {"time_window": ResponseCode.TIME_OUT_OF_WINDOW,
 # How often one request may be priced again: each time the database saw another basis than
 # the call was priced on (first purchase of a device, a changed fee plan, a partial
 # approval, a refund; with campaigns in scope always once, for the member's state), and each
-# time 0027's budget re-check found a reserved budget taken meanwhile (a 40001 that does not
-# count as a database retry). The last pricing takes every campaign budget as spent
+# time 0027's budget re-check found a reserved budget taken meanwhile (a 40001: not one of
+# the database retries; with the "price again" that then states the remainders, one
+# pricing). The last pricing takes every campaign budget as spent
 # (campaign_pricing.without_budgets): a budget running out under concurrent purchases then
 # cannot keep the price from settling, and the purchase is approved without those grants
 # rather than answered 91. What can still end in 91 is a basis that changes otherwise
@@ -338,6 +339,7 @@ class Processor:
     async def _call_with_retries(self, conn: asyncpg.Connection, request: m.Request,
                                  ksn: Ksn, call: _Call) -> store.Answer:
         retries = pricings = 0
+        rerun = False  # the call runs again as priced, after 0027's budget re-check (40001)
         while True:
             try:
                 return await store.handle(conn, call.request, call.card, call.auth,
@@ -346,6 +348,8 @@ class Processor:
                 assert isinstance(request, m.AuthRequest) and call.auth is not None
                 if call.auth.kind in phase1.PURCHASES:
                     self._remember_fee_plan(ksn.initial_key_id, again.basis)
+                if rerun:  # the remainders the 40001 could not take: counted with it
+                    pricings -= 1
                 basis, rerun = again.basis, False
             except _DB_RETRY as exc:
                 if not _budget_taken(exc, call):
