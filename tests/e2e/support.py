@@ -19,7 +19,7 @@ from protocol.mac import compute_mac
 from protocol.spec import FORMATS, decode_fields, encode_fields
 from simulator.client import TerminalClient
 from simulator.terminal import Prepared, Response, Terminal
-from switch import demo, keys, ledger
+from switch import dbcheck, demo, keys, ledger
 from tests.e2e.conftest import Env
 
 P = TypeVar("P", bound=messages.Response)
@@ -210,3 +210,16 @@ async def lock_waiters(env: Env) -> int:
         """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
            AND datname = current_database() AND pid <> pg_backend_pid()""")
     return waiting
+
+
+async def write_past_triggers(env: Env, sql: str, *args: Any) -> None:
+    """Run `sql` with triggers off (append-only tables, the lot trigger), as a corruption of
+    stored rows would be, so that a test can show which `db check` invariant names it."""
+    async with env.conn.transaction():
+        await env.conn.execute("SET LOCAL session_replication_role = replica")
+        await env.conn.execute(sql, *args)
+
+
+async def failed_checks(env: Env) -> set[str]:
+    """The names of the `db check` invariants that do not hold."""
+    return {o.check.name for o in await dbcheck.run_checks(env.conn) if not o.ok}

@@ -14,7 +14,13 @@ from simulator.terminal import Response
 from switch import dbcheck, demo, ledger, registry
 from switch.tiers import Threshold, TierPolicy
 from tests.e2e.conftest import Env
-from tests.e2e.support import balance, blocks, merchant_id
+from tests.e2e.support import (
+    balance,
+    blocks,
+    failed_checks,
+    merchant_id,
+    write_past_triggers,
+)
 from tests.e2e.test_pricing import CREDIT, POINTS, add
 from tests.switch.test_dbcheck import CLAWBACK_CHECKS, CLAWBACK_POSTED, CLAWBACK_WITHIN_GRANT
 
@@ -83,14 +89,9 @@ async def test_full_refund_takes_back_all_cashback_and_points(env):
     outcomes = {o.check.name: o for o in await dbcheck.run_checks(env.conn)}
     assert all(outcomes[name].ok and outcomes[name].examined > 0 for name in CLAWBACK_CHECKS)
     for sql, name in _CORRUPTIONS:
-        async with env.conn.transaction():
-            await env.conn.execute("SET LOCAL session_replication_role = replica")
-            await env.conn.execute(sql.format("-"))
-        failed = {o.check.name for o in await dbcheck.run_checks(env.conn) if not o.ok}
-        assert failed == {name}
-        async with env.conn.transaction():
-            await env.conn.execute("SET LOCAL session_replication_role = replica")
-            await env.conn.execute(sql.format("+"))
+        await write_past_triggers(env, sql.format("-"))
+        assert await failed_checks(env) == {name}
+        await write_past_triggers(env, sql.format("+"))
 
 
 async def test_two_partial_refunds_take_back_exactly_the_grant_then_reversal_undoes(env):

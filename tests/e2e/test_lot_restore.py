@@ -20,7 +20,7 @@ from simulator.terminal import PreparedAuth
 from switch import dbcheck, demo, ledger
 from switch.campaign_pricing import TEHRAN
 from tests.e2e.conftest import Env
-from tests.e2e.support import balance, network_id
+from tests.e2e.support import balance, failed_checks, network_id, write_past_triggers
 from tests.e2e.test_pricing import add, lots
 from tests.switch.test_dbcheck import (
     LOT_DRAW_CHECKS,
@@ -187,9 +187,8 @@ async def test_credit_whose_draws_are_unknown_opens_a_lot_bounded_by_its_source(
     async with client:
         await bought(client, 100_000, pan)
         spend = await bought(client, 4_000, pan, PC.PURCHASE_STORE_CREDIT)
-        async with env.conn.transaction():  # as 0021 recorded draws made before it
-            await env.conn.execute("SET LOCAL session_replication_role = replica")
-            await env.conn.execute("UPDATE ledger_lot_draw SET transfer_id = NULL")
+        # As 0021 recorded draws made before it.
+        await write_past_triggers(env, "UPDATE ledger_lot_draw SET transfer_id = NULL")
         await refunded(client, spend, 4_000, pan)
     credit, found = await network_lots(env, 1)
     assert found == [(10_000, 6_000, expiry), (4_000, 4_000, expiry)]
@@ -232,11 +231,8 @@ async def test_db_check_names_each_corruption_of_the_lot_movements(env):
     assert {o.check.name for o in await dbcheck.run_checks(env.conn) if not o.ok} == set()
     for corrupt, repair, names in _CORRUPTIONS:
         for sql in (corrupt, repair):
-            async with env.conn.transaction():
-                await env.conn.execute("SET LOCAL session_replication_role = replica")
-                await env.conn.execute(sql)
-            failed = {o.check.name for o in await dbcheck.run_checks(env.conn) if not o.ok}
-            assert failed == (names if sql is corrupt else set())
+            await write_past_triggers(env, sql)
+            assert await failed_checks(env) == (names if sql is corrupt else set())
 
 
 @pytest.mark.parametrize("statement", ["UPDATE ledger_lot_draw SET amount = amount + 1",

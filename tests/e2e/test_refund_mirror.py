@@ -13,7 +13,14 @@ from typing import Any
 from protocol.fields import AmountType, ProcessingCode, ResponseCode
 from switch import dbcheck, demo, ledger
 from tests.e2e.conftest import Env
-from tests.e2e.support import balance, blocks, counts, net_balances, network_id
+from tests.e2e.support import (
+    balance,
+    blocks,
+    counts,
+    failed_checks,
+    net_balances,
+    network_id,
+)
 from tests.e2e.test_clawback import clawbacks
 from tests.e2e.test_pricing import NONE, POINTS, add, budget_used
 from tests.switch.test_dbcheck import (
@@ -170,7 +177,7 @@ async def corrupt(env: Env, statements: tuple[str, ...], op: str) -> set[str]:
         await env.conn.execute("SET LOCAL session_replication_role = replica")
         for sql in statements:
             await env.conn.execute(sql.format(op))
-    return {o.check.name for o in await dbcheck.run_checks(env.conn) if not o.ok}
+    return await failed_checks(env)
 
 
 async def test_db_check_proves_a_refunded_discount_went_back_to_its_funder(env):
